@@ -1,0 +1,55 @@
+"""ferroloop: a drop-in replacement for asyncio's event loop, written in Rust.
+
+    import ferroloop
+    ferroloop.run(main())                      # like asyncio.run
+    asyncio.Runner(loop_factory=ferroloop.new_event_loop)
+    ferroloop.install()                        # asyncio.run() uses ferroloop
+
+or, for any asyncio program: ``python -m ferroloop app.py [args]``.
+"""
+
+from __future__ import annotations
+
+import asyncio as _asyncio
+import sys as _sys
+import warnings as _warnings
+from typing import Any, Coroutine, Optional, TypeVar
+
+from ._native import Handle, TimerHandle, __version__
+from ._loop import Loop
+from ._policy import EventLoopPolicy
+
+Loop.__module__ = __name__
+EventLoopPolicy.__module__ = __name__
+
+__all__ = ["Loop", "EventLoopPolicy", "Handle", "TimerHandle", "new_event_loop", "install", "run", "__version__"]
+
+_T = TypeVar("_T")
+
+
+def new_event_loop() -> Loop:
+    """A new ferroloop event loop (usable as ``loop_factory``)."""
+    return Loop()
+
+
+def install() -> None:
+    """Make asyncio create ferroloop loops (sets the event loop policy)."""
+    with _warnings.catch_warnings():
+        # Policies are deprecated from 3.14 on, but remain the way to make
+        # an unmodified program's asyncio.run() use another loop.
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        _asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None, **run_kwargs: Any) -> _T:
+    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
+    if _sys.version_info >= (3, 11):
+        with _asyncio.Runner(loop_factory=new_event_loop, debug=debug, **run_kwargs) as runner:
+            return runner.run(main)
+    # 3.10 has no Runner: swap the policy in for the duration of the call.
+    previous = _asyncio.get_event_loop_policy()
+    _asyncio.set_event_loop_policy(EventLoopPolicy())
+    try:
+        return _asyncio.run(main, debug=bool(debug), **run_kwargs)
+    finally:
+        _asyncio.set_event_loop_policy(previous)

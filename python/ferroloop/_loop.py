@@ -1,0 +1,441 @@
+"""ferroloop.Loop: the native core plus the parts of asyncio's loop API that are glue.
+
+The hot paths (scheduling, timers, readiness, running callbacks) live in the
+native base class ``LoopCore``. What stays here runs once per loop run or per
+rare event, and follows asyncio's own semantics step by step: run_forever's
+bookkeeping, run_until_complete, exception handlers, executors, signals,
+async generator shutdown.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import logging
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import coroutines, events, futures, tasks
+from typing import Any, Callable, Optional
+
+from ._native import LoopCore
+
+logger = logging.getLogger("asyncio")
+
+_PY312 = sys.version_info >= (3, 12)
+
+# asyncio's THREAD_JOIN_TIMEOUT for shutdown_default_executor (3.12+).
+_THREAD_JOIN_TIMEOUT = 300
+
+
+def _run_until_complete_cb(fut: futures.Future) -> None:
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # The exception propagates out of run_forever by itself; stopping
+            # here would hide it (asyncio issue #22429).
+            return
+    futures._get_loop(fut).stop()
+
+
+def _sighandler_noop(signum: int, frame: Any) -> None:
+    """Installed for signals handled by the loop: the C-level handler writes
+    the signal number to the wakeup fd, which is all the loop needs."""
+
+
+def _format_handle(handle: Any) -> str:
+    callback = getattr(handle, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, tasks.Task):
+        return repr(owner)
+    return str(handle)
+
+
+class Loop(LoopCore, events.AbstractEventLoop):
+    """An asyncio event loop implemented in Rust."""
+
+    def __init__(self) -> None:
+        self._default_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor_shutdown_called = False
+        self._exception_handler: Optional[Callable[..., Any]] = None
+        self.slow_callback_duration = 0.1
+        self._asyncgens: weakref.WeakSet = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._signal_handlers: dict[int, events.Handle] = {}
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth: Optional[int] = None
+        self._saved_wakeup_fd: Optional[int] = None
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.__class__.__module__}.{self.__class__.__qualname__} "
+            f"running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _check_closed(self) -> None:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def _check_running(self) -> None:
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self) -> None:
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._install_signal_wakeup()
+            self._run_forever_native()
+        finally:
+            self._restore_signal_wakeup()
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # The caller cannot see this task; do not warn if it is destroyed
+            # pending because run_forever was interrupted.
+            future._log_destroy_pending = False
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                # Mark the exception retrieved: it is the one being raised.
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)
+        self._close_native()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- debug mode --------------------------------------------------------
+
+    def set_debug(self, enabled: bool) -> None:
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, bool(enabled))
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(coroutines._DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    def _log_slow_callback(self, handle: Any, seconds: float) -> None:
+        logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
+
+    # -- exceptions --------------------------------------------------------
+
+    def get_exception_handler(self) -> Optional[Callable[..., Any]]:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: Optional[Callable[..., Any]]) -> None:
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict) -> None:
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = (type(exception), exception, exception.__traceback__) if exception is not None else False
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in {"message", "exception"}:
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                value = "Object created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            elif key == "handle_traceback":
+                value = "Handle created at (most recent call last):\n" + "".join(traceback.format_list(value)).rstrip()
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict) -> None:
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            self._exception_handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {"message": "Unhandled error in exception handler", "exception": exc, "context": context}
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -- async generators ----------------------------------------------------
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self) -> None:
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- executors -----------------------------------------------------------
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> futures.Future:
+        self._check_closed()
+        if self.get_debug():
+            self._check_callback(func, "run_in_executor")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def _check_callback(self, callback: Any, method: str) -> None:
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError(f"coroutines cannot be used with {method}()")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+    def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout: Optional[float] = None) -> None:
+        self._executor_shutdown_called = True
+        if self._default_executor is None:
+            return
+        future = self.create_future()
+        thread = threading.Thread(target=self._do_shutdown, args=(future,))
+        thread.start()
+        try:
+            await future
+        finally:
+            thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(
+                "The executor did not finishing joining its threads within "
+                f"{timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._default_executor.shutdown(wait=False)
+
+    def _do_shutdown(self, future: futures.Future) -> None:
+        try:
+            executor = self._default_executor
+            if executor is not None:
+                executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
+        except Exception as ex:
+            if not self.is_closed() and not future.cancelled():
+                self.call_soon_threadsafe(future.set_exception, ex)
+
+    # -- name resolution -----------------------------------------------------
+
+    def _getaddrinfo_debug(self, host: Any, port: Any, family: int, type: int, proto: int, flags: int) -> list:
+        parts = [f"{host}:{port!r}"]
+        for label, value in (("family", family), ("type", type), ("proto", proto), ("flags", flags)):
+            if value:
+                parts.append(f"{label}={value!r}")
+        description = ", ".join(parts)
+        logger.debug("Get address info %s", description)
+        started = self.time()
+        addrinfo = socket.getaddrinfo(host, port, family, type, proto, flags)
+        elapsed = self.time() - started
+        message = f"Getting address info {description} took {elapsed * 1e3:.3f}ms: {addrinfo!r}"
+        if elapsed >= self.slow_callback_duration:
+            logger.info(message)
+        else:
+            logger.debug(message)
+        return addrinfo
+
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> list:
+        resolve = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
+        return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
+
+    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple:
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+    # -- signals -------------------------------------------------------------
+
+    def _install_signal_wakeup(self) -> None:
+        """While the loop runs on the main thread, a signal wakes its poll so
+        that Python-level handlers (Ctrl-C, ``signal.signal``) run at once."""
+        if self._signal_handlers or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._saved_wakeup_fd = signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            self._saved_wakeup_fd = None
+
+    def _restore_signal_wakeup(self) -> None:
+        if self._signal_handlers or self._saved_wakeup_fd is None:
+            return
+        saved, self._saved_wakeup_fd = self._saved_wakeup_fd, None
+        try:
+            signal.set_wakeup_fd(saved)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(%s) failed: %s", saved, exc)
+
+    def _check_signal(self, sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError off the main thread, which is the check
+            # asyncio relies on too.
+            previous = signal.set_wakeup_fd(self._signal_wakeup_fd(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        if not self._signal_handlers and self._saved_wakeup_fd is None and previous != self._signal_wakeup_fd():
+            self._saved_wakeup_fd = previous
+        handle = events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._release_signal_wakeup()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+        self._set_has_signal_handlers(True)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler: Any = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            raise
+        if not self._signal_handlers:
+            self._set_has_signal_handlers(False)
+            self._release_signal_wakeup()
+        return True
+
+    def _release_signal_wakeup(self) -> None:
+        if self.is_running() and threading.current_thread() is threading.main_thread():
+            # run_forever keeps the wakeup fd until it returns.
+            return
+        saved, self._saved_wakeup_fd = self._saved_wakeup_fd, None
+        try:
+            signal.set_wakeup_fd(saved if saved is not None else -1)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(-1) failed: %s", exc)
+
+    def _handle_signals(self, signums: bytes) -> None:
+        """Called by the native loop with the signal numbers read from the
+        wakeup fd; schedules the handlers registered for them."""
+        for signum in signums:
+            handle = self._signal_handlers.get(signum)
+            if handle is None or handle._cancelled:
+                continue
+            self.call_soon(handle._run)

@@ -1,0 +1,77 @@
+//! What the loop is doing right now, readable from any thread without the GIL.
+//!
+//! A stall watchdog runs on its own thread and must see, cheaply, that the
+//! loop has been inside one callback for too long. The loop thread publishes
+//! a callback counter and its phase with relaxed atomic stores (a couple of
+//! instructions per callback); a watcher that sees the same counter while the
+//! phase stays `RUNNING_CALLBACK` across two samples knows one callback is
+//! still running.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+pub const PHASE_IDLE: u8 = 0;
+pub const PHASE_POLLING: u8 = 1;
+pub const PHASE_RUNNING_CALLBACK: u8 = 2;
+
+#[derive(Default)]
+pub struct Activity {
+    phase: AtomicU8,
+    callbacks_started: AtomicU64,
+    iterations: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub phase: u8,
+    pub callbacks_started: u64,
+    pub iterations: u64,
+}
+
+impl Activity {
+    #[inline]
+    pub fn begin_iteration(&self) {
+        self.iterations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn begin_callback(&self) {
+        self.callbacks_started.fetch_add(1, Ordering::Relaxed);
+        self.phase.store(PHASE_RUNNING_CALLBACK, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            phase: self.phase.load(Ordering::Relaxed),
+            callbacks_started: self.callbacks_started.load(Ordering::Relaxed),
+            iterations: self.iterations.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn snapshot_reflects_progress_from_another_thread() {
+        let activity = Arc::new(Activity::default());
+        let writer = Arc::clone(&activity);
+        std::thread::spawn(move || {
+            writer.begin_iteration();
+            writer.begin_callback();
+            writer.begin_callback();
+        })
+        .join()
+        .expect("writer thread");
+        let snap = activity.snapshot();
+        assert_eq!(snap.callbacks_started, 2);
+        assert_eq!(snap.iterations, 1);
+        assert_eq!(snap.phase, PHASE_RUNNING_CALLBACK);
+    }
+}

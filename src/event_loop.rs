@@ -1,0 +1,582 @@
+//! `LoopCore`: the native half of `ferroloop.Loop`.
+//!
+//! It owns the ready queue, the timer heap and the poller, and implements the
+//! scheduling API (`call_soon`, `call_later`, `call_at`,
+//! `call_soon_threadsafe`), fd watchers, and task/future creation. The run
+//! loop itself lives in `run.rs`. The Python class `ferroloop.Loop` inherits
+//! from this one and adds the parts of asyncio's API that are glue.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::activity::Activity;
+use crate::clock;
+use crate::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
+use crate::poller::{Direction, Poller};
+use crate::pyrefs;
+use crate::sync::lock;
+use crate::timers::TimerHeap;
+
+#[pyclass(module = "ferroloop._native", subclass, frozen)]
+pub struct LoopCore {
+    pub(crate) ready: Mutex<VecDeque<Scheduled>>,
+    pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
+    pub(crate) poller: Poller,
+    pub(crate) stopping: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    pub(crate) has_signal_handlers: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when idle.
+    running_thread: AtomicU64,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) clock_resolution: f64,
+    task_factory: Mutex<Option<Py<PyAny>>>,
+    /// The handle being run, kept in debug mode only (asyncio's
+    /// `_current_handle`, used to add `handle_traceback` to error reports).
+    pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
+}
+
+fn current_thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions and cannot fail. CPython's
+    // threading.get_ident() returns the same value on POSIX systems.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+pub fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_or_type(fileobj)));
+        let number = fileobj.call_method0(intern!(fileobj.py(), "fileno")).map_err(|err| {
+            let py = fileobj.py();
+            if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                || err.is_instance_of::<PyTypeError>(py)
+                || err.is_instance_of::<PyValueError>(py)
+            {
+                invalid()
+            } else {
+                err
+            }
+        })?;
+        number.extract().map_err(|_| invalid())?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+fn repr_or_type(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unrepresentable object>".to_owned())
+}
+
+fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: attached to the interpreter; PyContext_CopyCurrent returns a
+    // new reference or NULL with an exception set, which
+    // from_owned_ptr_or_err turns into a PyErr.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
+}
+
+/// asyncio's `call_later` adds the delay to `self.time()`; this reproduces
+/// the TypeError that addition raises for a non-number.
+fn extract_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    value.extract::<f64>().map_err(|_| {
+        let type_name = value
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "object".to_owned());
+        PyTypeError::new_err(format!("unsupported operand type(s) for +: 'float' and '{type_name}'"))
+    })
+}
+
+impl LoopCore {
+    #[inline]
+    pub fn debug_enabled(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    pub fn timer_cancelled(&self) {
+        lock(&self.timers).note_cancelled();
+    }
+
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// Debug-mode check that a non-threadsafe method runs on the loop's thread.
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.running_thread.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// asyncio checks callbacks in debug mode only; a non-callable is always
+    /// refused here, since it could only fail later, far from its cause.
+    fn check_callback(&self, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        let py = callback.py();
+        let coroutine_error = || PyTypeError::new_err(format!("coroutines cannot be used with {method}()"));
+        if self.debug_enabled() {
+            let refs = pyrefs::get(py)?;
+            if refs.iscoroutine.bind(py).call1((callback,))?.is_truthy()?
+                || refs.iscoroutinefunction.bind(py).call1((callback,))?.is_truthy()?
+            {
+                return Err(coroutine_error());
+            }
+        }
+        if !callback.is_callable() {
+            if pyrefs::get(py)?.iscoroutine.bind(py).call1((callback,))?.is_truthy()? {
+                return Err(coroutine_error());
+            }
+            return Err(PyTypeError::new_err(format!(
+                "a callable object was expected by {method}(), got {}",
+                repr_or_type(callback)
+            )));
+        }
+        Ok(())
+    }
+
+    fn handle_core(
+        &self,
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<HandleCore> {
+        let py = slf.py();
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ctx.unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let source_traceback = if self.debug_enabled() {
+            Some(pyrefs::get(py)?.extract_source_traceback.call0(py)?)
+        } else {
+            None
+        };
+        Ok(HandleCore::new(
+            callback.unbind(),
+            args.unbind(),
+            context,
+            slf.clone().into_any().unbind(),
+            source_traceback,
+        ))
+    }
+
+    fn schedule_at(
+        &self,
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        self.check_closed()?;
+        if self.debug_enabled() {
+            self.check_thread()?;
+        }
+        self.check_callback(&callback, "call_at")?;
+        let core = self.handle_core(slf, callback, args, context)?;
+        let timer = Py::new(slf.py(), TimerHandle::new(core, when))?;
+        lock(&self.timers).push(when, timer.clone_ref(slf.py()));
+        Ok(timer)
+    }
+
+    fn add_watch(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        direction: Direction,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        let fd = fileobj_to_fd(fd)?;
+        this.check_closed()?;
+        let core = this.handle_core(slf, callback, args, None)?;
+        let handle = Py::new(slf.py(), Handle { core })?;
+        let replaced = this.poller.watch(fd, direction, handle.clone_ref(slf.py()))?;
+        if let Some(old) = replaced {
+            Handle::cancel(old.bind(slf.py()));
+        }
+        Ok(handle)
+    }
+
+    fn remove_watch(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, direction: Direction) -> PyResult<bool> {
+        let this = slf.get();
+        let fd = fileobj_to_fd(fd)?;
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match this.poller.unwatch(fd, direction) {
+            Some(handle) => {
+                Handle::cancel(handle.bind(slf.py()));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    fn new() -> PyResult<Self> {
+        Ok(Self {
+            ready: Mutex::new(VecDeque::new()),
+            timers: Mutex::new(TimerHeap::default()),
+            poller: Poller::new()?,
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            has_signal_handlers: AtomicBool::new(false),
+            running_thread: AtomicU64::new(0),
+            activity: Arc::new(Activity::default()),
+            clock_resolution: clock::resolution(),
+            task_factory: Mutex::new(None),
+            current_handle: Mutex::new(None),
+        })
+    }
+
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[getter]
+    fn _clock_resolution(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug_enabled() {
+            this.check_thread()?;
+        }
+        this.check_callback(&callback, "call_soon")?;
+        let core = this.handle_core(slf, callback, args, context)?;
+        let handle = Py::new(slf.py(), Handle { core })?;
+        lock(&this.ready).push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        this.check_callback(&callback, "call_soon_threadsafe")?;
+        let core = this.handle_core(slf, callback, args, context)?;
+        let handle = Py::new(slf.py(), Handle { core })?;
+        lock(&this.ready).push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
+        this.poller.wake()?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Option<Bound<'_, PyAny>>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let Some(delay) = delay else {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        };
+        let when = clock::monotonic() + extract_seconds(&delay)?;
+        slf.get().schedule_at(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Option<Bound<'_, PyAny>>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let Some(when) = when else {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        };
+        let when = extract_seconds(&when)?;
+        slf.get().schedule_at(slf, when, callback, args, context)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.running_thread.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug_enabled()
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    #[getter(_thread_id)]
+    fn thread_id(&self) -> Option<u64> {
+        match self.running_thread.load(Ordering::Relaxed) {
+            0 => None,
+            ident => Some(ident),
+        }
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id(&self, ident: Option<u64>) {
+        self.running_thread.store(ident.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.current_handle).as_ref().map(|h| h.clone_ref(py))
+    }
+
+    /// Runs iterations until `stop()`; the Python `run_forever` wraps it with
+    /// the bookkeeping (running loop, asyncgen hooks, signal wakeup fd).
+    fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        crate::run::run_forever(slf)
+    }
+
+    /// Drops everything scheduled and every fd watcher (part of `close()`).
+    fn _close_native(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let ready = std::mem::take(&mut *lock(&self.ready));
+        let mut timers = Vec::new();
+        lock(&self.timers).drain(&mut timers);
+        let watchers = self.poller.unwatch_all();
+        drop((ready, timers, watchers));
+    }
+
+    fn _signal_wakeup_fd(&self) -> RawFd {
+        self.poller.signal_wakeup_fd()
+    }
+
+    fn _set_has_signal_handlers(&self, value: bool) {
+        self.has_signal_handlers.store(value, Ordering::Relaxed);
+    }
+
+    fn _write_to_self(&self) -> PyResult<()> {
+        Ok(self.poller.wake()?)
+    }
+
+    /// (phase, callbacks started, iterations): see `activity.rs`.
+    fn _activity(&self) -> (u8, u64, u64) {
+        let snap = self.activity.snapshot();
+        (snap.phase, snap.callbacks_started, snap.iterations)
+    }
+
+    /// (ready callbacks, scheduled timers, cancelled timers still in the heap).
+    fn _queue_sizes(&self) -> (usize, usize, usize) {
+        let ready = lock(&self.ready).len();
+        let timers = lock(&self.timers);
+        (ready, timers.len(), timers.cancelled_count())
+    }
+
+    /// The scheduled timer handles, in no particular order.
+    fn _scheduled(&self, py: Python<'_>) -> Vec<Py<TimerHandle>> {
+        lock(&self.timers).iter().map(|t| t.clone_ref(py)).collect()
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Read, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Write, callback, args)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, &fd, Direction::Read)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, &fd, Direction::Write)
+    }
+
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), slf)?;
+        Ok(pyrefs::get(py)?.future_type.bind(py).call((), Some(&kwargs))?.unbind())
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task(
+        slf: &Bound<'_, Self>,
+        coro: Bound<'_, PyAny>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Bound<'_, PyAny>>,
+        kwargs: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        let factory = lock(&this.task_factory).as_ref().map(|f| f.clone_ref(py));
+        let call_kwargs = match kwargs {
+            Some(extra) => extra.copy()?,
+            None => PyDict::new(py),
+        };
+        if let Some(ctx) = &context {
+            call_kwargs.set_item(intern!(py, "context"), ctx)?;
+        }
+        let task = match factory {
+            None => {
+                call_kwargs.set_item(intern!(py, "loop"), slf)?;
+                if let Some(name) = &name {
+                    call_kwargs.set_item(intern!(py, "name"), name)?;
+                }
+                pyrefs::get(py)?.task_type.bind(py).call((coro,), Some(&call_kwargs))?
+            }
+            Some(factory) => {
+                let kwargs = if call_kwargs.is_empty() { None } else { Some(&call_kwargs) };
+                let task = factory.bind(py).call((slf, coro), kwargs)?;
+                if let Some(name) = &name {
+                    task.call_method1(intern!(py, "set_name"), (name,))?;
+                }
+                task
+            }
+        };
+        Ok(task.unbind())
+    }
+
+    fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let factory = factory.filter(|f| !f.is_none());
+        if let Some(f) = &factory {
+            if !f.is_callable() {
+                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            }
+        }
+        let previous = std::mem::replace(&mut *lock(&self.task_factory), factory.map(Bound::unbind));
+        drop(previous);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.task_factory).as_ref().map(|f| f.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // See HandleCore::traverse for why try_lock is enough.
+        if let Ok(ready) = self.ready.try_lock() {
+            for item in ready.iter() {
+                item.visit(&visit)?;
+            }
+        }
+        if let Ok(timers) = self.timers.try_lock() {
+            for timer in timers.iter() {
+                visit.call(timer)?;
+            }
+        }
+        if let Ok(factory) = self.task_factory.try_lock() {
+            if let Some(f) = factory.as_ref() {
+                visit.call(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let ready = self.ready.try_lock().ok().map(|mut r| std::mem::take(&mut *r));
+        let mut timers = Vec::new();
+        if let Ok(mut heap) = self.timers.try_lock() {
+            heap.drain(&mut timers);
+        }
+        let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
+        drop((ready, timers, factory));
+    }
+}
+
+/// True for the exceptions asyncio lets escape from a callback.
+pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+}
+
+/// asyncio's `Handle._run` error path: SystemExit and KeyboardInterrupt
+/// propagate, anything else goes to the loop's exception handler.
+pub fn report_callback_error(
+    py: Python<'_>,
+    core: &HandleCore,
+    handle_obj: &Bound<'_, PyAny>,
+    err: PyErr,
+) -> PyResult<()> {
+    if is_fatal(py, &err) {
+        return Err(err);
+    }
+    let source = match (core.callback(py), core.args(py)) {
+        (Some(callback), Some(args)) => pyrefs::get(py)?
+            .format_callback_source
+            .bind(py)
+            .call1((callback, args))?
+            .str()?
+            .to_string(),
+        _ => handle_obj.repr()?.to_string(),
+    };
+    let context = PyDict::new(py);
+    context.set_item(intern!(py, "message"), format!("Exception in callback {source}"))?;
+    context.set_item(intern!(py, "exception"), err.into_value(py))?;
+    context.set_item(intern!(py, "handle"), handle_obj)?;
+    if let Some(tb) = core.source_traceback() {
+        context.set_item(intern!(py, "source_traceback"), tb)?;
+    }
+    core.loop_obj()
+        .bind(py)
+        .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}
+
+/// Passes the signal numbers read from the wakeup pipe to the Python side.
+pub fn deliver_signals(slf: &Bound<'_, LoopCore>, signums: &[u8]) -> PyResult<()> {
+    let py = slf.py();
+    slf.call_method1(intern!(py, "_handle_signals"), (PyBytes::new(py, signums),))?;
+    Ok(())
+}

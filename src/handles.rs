@@ -1,0 +1,454 @@
+//! `Handle` and `TimerHandle`: a callback scheduled on the loop, with
+//! asyncio's API (`cancel`, `cancelled`, `when`, `get_context`, repr).
+//!
+//! Both classes share `HandleCore`. They are separate native classes rather
+//! than a class hierarchy so the loop reaches a handle's state with a plain
+//! pointer dereference on its hot path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::LoopCore;
+use crate::pyrefs;
+use crate::sync::lock;
+use crate::timers::TimerItem;
+
+struct Payload {
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+pub struct HandleCore {
+    /// The callback and its arguments; released on `cancel()` as asyncio
+    /// does, so a cancelled timer does not keep its callback alive.
+    payload: Mutex<Option<Payload>>,
+    context: Py<PyAny>,
+    loop_obj: Py<PyAny>,
+    cancelled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+    /// In debug mode asyncio keeps the repr of a cancelled handle, which
+    /// names its callback, for later slow-callback reports.
+    cancelled_repr: Mutex<Option<String>>,
+}
+
+impl HandleCore {
+    pub fn new(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        loop_obj: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            payload: Mutex::new(Some(Payload { callback, args })),
+            context,
+            loop_obj,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            cancelled_repr: Mutex::new(None),
+        }
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn loop_obj(&self) -> &Py<PyAny> {
+        &self.loop_obj
+    }
+
+    pub fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.payload).as_ref().map(|p| p.callback.clone_ref(py))
+    }
+
+    pub fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        lock(&self.payload).as_ref().map(|p| p.args.clone_ref(py))
+    }
+
+    pub fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.source_traceback.as_ref()
+    }
+
+    /// Marks the handle cancelled and releases its callback. Returns false
+    /// if it was already cancelled. `debug_repr` is computed first when the
+    /// loop is in debug mode.
+    fn cancel(&self, py: Python<'_>, debug_repr: impl FnOnce() -> Option<String>) -> bool {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        if loop_in_debug(py, &self.loop_obj) {
+            *lock(&self.cancelled_repr) = debug_repr();
+        }
+        self.cancelled.store(true, Ordering::Relaxed);
+        // Take the payload out before dropping it: dropping may run Python
+        // code, which must not happen while the lock is held.
+        let released = lock(&self.payload).take();
+        drop(released);
+        true
+    }
+
+    /// Runs the callback inside its context. An error is the callback's own
+    /// exception; the loop decides how to report it.
+    #[inline]
+    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let (callback, args) = match &*lock(&self.payload) {
+            Some(p) => (p.callback.clone_ref(py), p.args.clone_ref(py)),
+            None => return Ok(()),
+        };
+        call_in_context(py, &self.context, &callback, &args)
+    }
+
+    fn repr_info(&self, py: Python<'_>, class_name: &str, when: Option<f64>) -> PyResult<String> {
+        if let Some(frozen) = lock(&self.cancelled_repr).as_ref() {
+            return Ok(frozen.clone());
+        }
+        let mut info = vec![class_name.to_owned()];
+        if self.is_cancelled() {
+            info.push("cancelled".to_owned());
+        }
+        if let Some(when) = when {
+            info.push(format!("when={}", py_float_repr(py, when)?));
+        }
+        if let (Some(callback), Some(args)) = (self.callback(py), self.args(py)) {
+            let refs = pyrefs::get(py)?;
+            let source = refs.format_callback_source.bind(py).call1((callback, args))?;
+            info.push(source.str()?.to_string());
+        }
+        if let Some(tb) = &self.source_traceback {
+            let tb = tb.bind(py);
+            if let Ok(list) = tb.cast::<PyList>() {
+                if let Some(last) = list.iter().last() {
+                    let filename = last.get_item(0)?;
+                    let lineno = last.get_item(1)?;
+                    info.push(format!("created at {}:{}", filename.str()?, lineno.str()?));
+                }
+            }
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.loop_obj)?;
+        if let Some(tb) = &self.source_traceback {
+            visit.call(tb)?;
+        }
+        // The garbage collector runs with the GIL held, and nothing holds
+        // this lock across a call into Python, so try_lock only fails if we
+        // are inside `run`/`cancel` bookkeeping; skipping the visit then is
+        // conservative (the objects are kept alive).
+        if let Ok(guard) = self.payload.try_lock() {
+            if let Some(p) = guard.as_ref() {
+                visit.call(&p.callback)?;
+                visit.call(&p.args)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        let released = self.payload.try_lock().ok().and_then(|mut g| g.take());
+        drop(released);
+    }
+}
+
+/// Calls `callback(*args)` with `context` entered, as `Context.run` does.
+#[inline]
+pub fn call_in_context(
+    py: Python<'_>,
+    context: &Py<PyAny>,
+    callback: &Py<PyAny>,
+    args: &Py<PyTuple>,
+) -> PyResult<()> {
+    // SAFETY: we are attached to the interpreter (`py`), and `context`,
+    // `callback` and `args` are strong references that outlive the call.
+    // `PyContext_Exit` runs only after a successful `PyContext_Enter`, with
+    // any exception of the call already fetched, so the pair stays balanced
+    // and no C-API function is called with an exception pending. A non-Context
+    // `context` makes `PyContext_Enter` fail with TypeError, not crash.
+    unsafe {
+        if ffi::PyContext_Enter(context.as_ptr()) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let result = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        let call_error = if result.is_null() { Some(PyErr::fetch(py)) } else { None };
+        let exit_failed = ffi::PyContext_Exit(context.as_ptr()) != 0;
+        if !result.is_null() {
+            ffi::Py_DECREF(result);
+        }
+        if let Some(err) = call_error {
+            if exit_failed {
+                drop(PyErr::fetch(py));
+            }
+            return Err(err);
+        }
+        if exit_failed {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(())
+}
+
+fn loop_in_debug(py: Python<'_>, loop_obj: &Py<PyAny>) -> bool {
+    match loop_obj.bind(py).cast::<LoopCore>() {
+        Ok(core) => core.get().debug_enabled(),
+        Err(_) => loop_obj
+            .bind(py)
+            .call_method0("get_debug")
+            .and_then(|v| v.is_truthy())
+            .unwrap_or(false),
+    }
+}
+
+fn py_float_repr(py: Python<'_>, value: f64) -> PyResult<String> {
+    Ok(pyo3::types::PyFloat::new(py, value).repr()?.to_string())
+}
+
+/// A callback scheduled with `call_soon`, or registered for an fd or signal.
+#[pyclass(module = "ferroloop", frozen, weakref)]
+pub struct Handle {
+    pub core: HandleCore,
+}
+
+#[pymethods]
+impl Handle {
+    pub fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        slf.get().core.cancel(py, || slf.repr().ok().map(|r| r.to_string()));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.context.clone_ref(py)
+    }
+
+    /// Runs the callback now, reporting an exception through the loop's
+    /// exception handler (asyncio's `Handle._run`).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().core.run(py) {
+            Ok(()) => Ok(()),
+            Err(err) => crate::event_loop::report_callback_error(py, &slf.get().core, slf.as_any(), err),
+        }
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.callback(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.core.args(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.loop_obj.clone_ref(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.core.repr_info(py, "Handle", None)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.core.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.core.clear();
+    }
+}
+
+/// A callback scheduled for a point in time (`call_later`, `call_at`).
+#[pyclass(module = "ferroloop", frozen, weakref)]
+pub struct TimerHandle {
+    pub core: HandleCore,
+    when: f64,
+    scheduled: AtomicBool,
+}
+
+impl TimerHandle {
+    pub fn new(core: HandleCore, when: f64) -> Self {
+        Self { core, when, scheduled: AtomicBool::new(false) }
+    }
+
+    pub fn when_value(&self) -> f64 {
+        self.when
+    }
+}
+
+impl TimerItem for Py<TimerHandle> {
+    fn is_cancelled(&self) -> bool {
+        self.get().core.is_cancelled()
+    }
+
+    fn set_scheduled(&self, scheduled: bool) {
+        self.get().scheduled.store(scheduled, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        let newly = this.core.cancel(py, || slf.repr().ok().map(|r| r.to_string()));
+        if newly && this.scheduled.load(Ordering::Relaxed) {
+            if let Ok(core) = this.core.loop_obj.bind(py).cast::<LoopCore>() {
+                core.get().timer_cancelled();
+            }
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().core.run(py) {
+            Ok(()) => Ok(()),
+            Err(err) => crate::event_loop::report_callback_error(py, &slf.get().core, slf.as_any(), err),
+        }
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.callback(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.core.args(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.loop_obj.clone_ref(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.core.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.core.repr_info(py, "TimerHandle", Some(self.when))
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.when.to_bits()
+    }
+
+    fn __lt__(&self, other: &Self) -> bool {
+        self.when < other.when
+    }
+
+    fn __le__(&self, other: &Self) -> bool {
+        self.when <= other.when
+    }
+
+    fn __gt__(&self, other: &Self) -> bool {
+        self.when > other.when
+    }
+
+    fn __ge__(&self, other: &Self) -> bool {
+        self.when >= other.when
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.core.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.core.clear();
+    }
+}
+
+/// An entry of the ready queue.
+pub enum Scheduled {
+    Plain(Py<Handle>),
+    Timer(Py<TimerHandle>),
+}
+
+impl Scheduled {
+    #[inline]
+    pub fn core(&self) -> &HandleCore {
+        match self {
+            Scheduled::Plain(h) => &h.get().core,
+            Scheduled::Timer(t) => &t.get().core,
+        }
+    }
+
+    pub fn as_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Scheduled::Plain(h) => h.bind(py).clone().into_any(),
+            Scheduled::Timer(t) => t.bind(py).clone().into_any(),
+        }
+    }
+
+    pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Scheduled::Plain(h) => visit.call(h),
+            Scheduled::Timer(t) => visit.call(t),
+        }
+    }
+}
+
+pub fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}

@@ -1,0 +1,22 @@
+//! ferroloop's native core: a Rust implementation of asyncio's event loop.
+
+mod activity;
+mod clock;
+mod event_loop;
+mod handles;
+mod poller;
+mod pyrefs;
+mod run;
+mod sync;
+mod timers;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

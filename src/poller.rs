@@ -1,0 +1,264 @@
+//! Readiness: the mio poll, fd watchers for `add_reader`/`add_writer`, the
+//! cross-thread waker and the signal wakeup pipe.
+//!
+//! mio registers everything edge-triggered, while asyncio's `add_reader`
+//! promises level-triggered callbacks (called on every iteration while the fd
+//! stays readable). After a watcher's callback has had its turn, the fd is
+//! re-armed with `EPOLL_CTL_MOD`, which makes epoll report it again if it is
+//! still ready: level-triggered behaviour at one syscall per delivered event.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mio::net::UnixStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use pyo3::prelude::*;
+
+use crate::handles::Handle;
+use crate::sync::lock;
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+#[derive(Default)]
+struct FdWatch {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    fn slot(&mut self, direction: Direction) -> &mut Option<Py<Handle>> {
+        match direction {
+            Direction::Read => &mut self.reader,
+            Direction::Write => &mut self.writer,
+        }
+    }
+
+    fn interest(&self) -> Option<Interest> {
+        match (self.reader.is_some(), self.writer.is_some()) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+}
+
+/// What one poll found.
+#[derive(Default)]
+pub struct Dispatch {
+    pub handles: Vec<Py<Handle>>,
+    pub signal_pipe_ready: bool,
+}
+
+pub struct Poller {
+    poll: Mutex<Poll>,
+    registry: Registry,
+    waker: Waker,
+    watches: Mutex<HashMap<RawFd, FdWatch>>,
+    watch_count: AtomicUsize,
+    rearm: Mutex<Vec<RawFd>>,
+    signal_reader: UnixStream,
+    signal_writer: UnixStream,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = Waker::new(&registry, WAKER_TOKEN)?;
+        let (mut signal_reader, signal_writer) = UnixStream::pair()?;
+        registry.register(&mut signal_reader, SIGNAL_TOKEN, Interest::READABLE)?;
+        Ok(Self {
+            poll: Mutex::new(poll),
+            registry,
+            waker,
+            watches: Mutex::new(HashMap::new()),
+            watch_count: AtomicUsize::new(0),
+            rearm: Mutex::new(Vec::new()),
+            signal_reader,
+            signal_writer,
+        })
+    }
+
+    /// The fd to pass to `signal.set_wakeup_fd`: the C signal handler writes
+    /// the signal number there, which wakes the poll.
+    pub fn signal_wakeup_fd(&self) -> RawFd {
+        self.signal_writer.as_raw_fd()
+    }
+
+    pub fn wake(&self) -> io::Result<()> {
+        self.waker.wake()
+    }
+
+    pub fn has_watches(&self) -> bool {
+        self.watch_count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Installs `handle` as the fd's reader or writer. Returns the handle it
+    /// replaced, which the caller cancels (outside of any lock).
+    pub fn watch(&self, fd: RawFd, direction: Direction, handle: Py<Handle>) -> io::Result<Option<Py<Handle>>> {
+        let mut watches = lock(&self.watches);
+        let is_new = !watches.contains_key(&fd);
+        let entry = watches.entry(fd).or_default();
+        let was_registered = entry.interest().is_some();
+        let previous = entry.slot(direction).replace(handle);
+        let interest = entry.interest().unwrap_or(Interest::READABLE);
+        let outcome = if was_registered {
+            self.reregister(fd, interest)
+        } else {
+            self.register(fd, interest)
+        };
+        match outcome {
+            Ok(()) => {
+                if is_new {
+                    self.watch_count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(previous)
+            }
+            Err(err) => {
+                // Undo, so the table keeps matching what epoll watches.
+                let installed = std::mem::replace(entry.slot(direction), previous);
+                if is_new {
+                    watches.remove(&fd);
+                }
+                drop(watches);
+                drop(installed);
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes the fd's reader or writer and returns it.
+    pub fn unwatch(&self, fd: RawFd, direction: Direction) -> Option<Py<Handle>> {
+        let mut watches = lock(&self.watches);
+        let entry = watches.get_mut(&fd)?;
+        let removed = entry.slot(direction).take();
+        removed.as_ref()?;
+        match entry.interest() {
+            Some(interest) => {
+                // The fd may already be closed; its watch is gone from epoll
+                // then, which is what we want.
+                let _ = self.reregister(fd, interest);
+            }
+            None => {
+                watches.remove(&fd);
+                self.watch_count.fetch_sub(1, Ordering::Relaxed);
+                let _ = self.registry.deregister(&mut SourceFd(&fd));
+            }
+        }
+        removed
+    }
+
+    /// Forgets every watcher (loop close) and returns their handles.
+    pub fn unwatch_all(&self) -> Vec<Py<Handle>> {
+        let mut watches = lock(&self.watches);
+        let mut handles = Vec::new();
+        for (fd, watch) in watches.drain() {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+            handles.extend(watch.reader);
+            handles.extend(watch.writer);
+        }
+        self.watch_count.store(0, Ordering::Relaxed);
+        handles
+    }
+
+    fn register(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        match self.registry.register(&mut SourceFd(&fd), Token(fd as usize), interest) {
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => self.reregister(fd, interest),
+            other => other,
+        }
+    }
+
+    fn reregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        match self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest) {
+            // The fd was closed and its number reused without remove_reader:
+            // epoll dropped the old watch, so register the new file.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                self.registry.register(&mut SourceFd(&fd), Token(fd as usize), interest)
+            }
+            other => other,
+        }
+    }
+
+    /// Re-arms the fds whose callbacks ran since the last poll (see the
+    /// module docs).
+    pub fn rearm_delivered(&self) {
+        let pending = std::mem::take(&mut *lock(&self.rearm));
+        if pending.is_empty() {
+            return;
+        }
+        let watches = lock(&self.watches);
+        for fd in pending {
+            if let Some(interest) = watches.get(&fd).and_then(FdWatch::interest) {
+                let _ = self.reregister(fd, interest);
+            }
+        }
+    }
+
+    /// Waits for readiness. Must be called from the loop's thread only.
+    pub fn poll(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        lock(&self.poll).poll(events, timeout)
+    }
+
+    /// Turns poll events into the handles to run, asyncio's `_process_events`.
+    pub fn dispatch(&self, py: Python<'_>, events: &Events, out: &mut Dispatch) {
+        let watches = lock(&self.watches);
+        let mut rearm = lock(&self.rearm);
+        for event in events.iter() {
+            match event.token() {
+                WAKER_TOKEN => {}
+                SIGNAL_TOKEN => out.signal_pipe_ready = true,
+                Token(token) => {
+                    let fd = token as RawFd;
+                    let Some(watch) = watches.get(&fd) else { continue };
+                    // As asyncio's selectors do, an error or hang-up wakes
+                    // both the reader and the writer.
+                    let failed = event.is_error() || event.is_read_closed() || event.is_write_closed();
+                    let mut delivered = false;
+                    if event.is_readable() || failed {
+                        if let Some(reader) = watch.reader.as_ref().filter(|h| !h.get().core.is_cancelled()) {
+                            out.handles.push(reader.clone_ref(py));
+                            delivered = true;
+                        }
+                    }
+                    if event.is_writable() || failed {
+                        if let Some(writer) = watch.writer.as_ref().filter(|h| !h.get().core.is_cancelled()) {
+                            out.handles.push(writer.clone_ref(py));
+                            delivered = true;
+                        }
+                    }
+                    if delivered {
+                        rearm.push(fd);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the signal numbers the C signal handler wrote to the pipe.
+    pub fn drain_signal_pipe(&self) -> Vec<u8> {
+        let mut signums = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.signal_reader).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => signums.extend_from_slice(&buf[..n]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        signums
+    }
+}

@@ -1,0 +1,34 @@
+//! Python objects the native loop uses often, looked up once per process.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+pub struct PyRefs {
+    pub future_type: Py<PyAny>,
+    pub task_type: Py<PyAny>,
+    pub format_callback_source: Py<PyAny>,
+    pub iscoroutine: Py<PyAny>,
+    pub iscoroutinefunction: Py<PyAny>,
+    /// `ferroloop._glue.extract_source_traceback`: the creation stack of a
+    /// handle in debug mode, as asyncio records it.
+    pub extract_source_traceback: Py<PyAny>,
+}
+
+static REFS: PyOnceLock<PyRefs> = PyOnceLock::new();
+
+pub fn get(py: Python<'_>) -> PyResult<&'static PyRefs> {
+    REFS.get_or_try_init(py, || {
+        let asyncio = py.import("asyncio")?;
+        let format_helpers = py.import("asyncio.format_helpers")?;
+        let coroutines = py.import("asyncio.coroutines")?;
+        let glue = py.import("ferroloop._glue")?;
+        Ok(PyRefs {
+            future_type: asyncio.getattr("Future")?.unbind(),
+            task_type: asyncio.getattr("Task")?.unbind(),
+            format_callback_source: format_helpers.getattr("_format_callback_source")?.unbind(),
+            iscoroutine: coroutines.getattr("iscoroutine")?.unbind(),
+            iscoroutinefunction: coroutines.getattr("iscoroutinefunction")?.unbind(),
+            extract_source_traceback: glue.getattr("extract_source_traceback")?.unbind(),
+        })
+    })
+}

@@ -1,0 +1,187 @@
+//! The run loop: asyncio's `_run_once`, iteration after iteration.
+//!
+//! One iteration: drop cancelled timers at the head of the heap, work out
+//! how long to wait, poll (with the GIL released when it may block), queue
+//! the callbacks of ready fds and due timers, then run exactly the callbacks
+//! that were ready when the iteration started running them. Callbacks they
+//! schedule run in the next iteration, as in asyncio.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mio::Events;
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::activity::{PHASE_IDLE, PHASE_POLLING};
+use crate::clock;
+use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
+use crate::handles::{Scheduled, TimerHandle};
+use crate::poller::Dispatch;
+use crate::sync::lock;
+
+/// asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once.
+const MAXIMUM_POLL_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// Buffers reused across iterations so the steady state allocates nothing.
+struct Scratch {
+    events: Events,
+    batch: VecDeque<Scheduled>,
+    dispatch: Dispatch,
+    timers: Vec<Py<TimerHandle>>,
+}
+
+pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let this = slf.get();
+    let mut scratch = Scratch {
+        events: Events::with_capacity(256),
+        batch: VecDeque::new(),
+        dispatch: Dispatch::default(),
+        timers: Vec::new(),
+    };
+    let outcome = loop {
+        if let Err(err) = run_once(slf, this, &mut scratch) {
+            break Err(err);
+        }
+        if this.stopping.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+    };
+    this.stopping.store(false, Ordering::Relaxed);
+    this.activity.set_phase(PHASE_IDLE);
+    outcome
+}
+
+fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyResult<()> {
+    let py = slf.py();
+    this.activity.begin_iteration();
+
+    let next_timer = lock(&this.timers).clean_and_peek(&mut s.timers);
+    // Dropped outside the lock: dropping a handle may run Python code.
+    s.timers.clear();
+
+    let timeout = if this.stopping.load(Ordering::Relaxed) || !lock(&this.ready).is_empty() {
+        Some(Duration::ZERO)
+    } else {
+        next_timer.map(|when| {
+            let wait = (when - clock::monotonic()).clamp(0.0, MAXIMUM_POLL_TIMEOUT);
+            Duration::from_secs_f64(if wait.is_nan() { 0.0 } else { wait })
+        })
+    };
+
+    poll(slf, this, s, timeout)?;
+
+    if next_timer.is_some() {
+        let end_time = clock::monotonic() + this.clock_resolution;
+        lock(&this.timers).pop_due(end_time, &mut s.timers);
+        if !s.timers.is_empty() {
+            let mut ready = lock(&this.ready);
+            ready.extend(s.timers.drain(..).map(Scheduled::Timer));
+        }
+    }
+
+    std::mem::swap(&mut *lock(&this.ready), &mut s.batch);
+    let outcome = run_batch(slf, this, &mut s.batch);
+    if outcome.is_err() && !s.batch.is_empty() {
+        // An exception escaped (KeyboardInterrupt, SystemExit, or one raised
+        // by the exception handler): the callbacks not yet run stay first in
+        // line for the next run, as they do in asyncio.
+        let mut ready = lock(&this.ready);
+        while let Some(item) = s.batch.pop_back() {
+            ready.push_front(item);
+        }
+    }
+    this.activity.set_phase(PHASE_IDLE);
+    let _ = py;
+    outcome
+}
+
+fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Option<Duration>) -> PyResult<()> {
+    let py = slf.py();
+    this.poller.rearm_delivered();
+    let nothing_to_wait_for = timeout == Some(Duration::ZERO)
+        && !this.poller.has_watches()
+        && !this.has_signal_handlers.load(Ordering::Relaxed);
+    if nothing_to_wait_for {
+        // Only the waker could be ready, and what it announces is already in
+        // the ready queue: skip the syscall.
+        return Ok(());
+    }
+    let polled = if timeout == Some(Duration::ZERO) {
+        this.poller.poll(&mut s.events, timeout)
+    } else {
+        this.activity.set_phase(PHASE_POLLING);
+        let poller = &this.poller;
+        let events = &mut s.events;
+        py.detach(move || poller.poll(events, timeout))
+    };
+    match polled {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {
+            // A signal arrived while we waited: run the Python-level handlers
+            // now (Ctrl-C raises KeyboardInterrupt from here).
+            py.check_signals()?;
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    }
+
+    s.dispatch.signal_pipe_ready = false;
+    this.poller.dispatch(py, &s.events, &mut s.dispatch);
+    if !s.dispatch.handles.is_empty() {
+        let mut ready = lock(&this.ready);
+        ready.extend(s.dispatch.handles.drain(..).map(Scheduled::Plain));
+    }
+    if s.dispatch.signal_pipe_ready {
+        let signums = this.poller.drain_signal_pipe();
+        py.check_signals()?;
+        if !signums.is_empty() && this.has_signal_handlers.load(Ordering::Relaxed) {
+            deliver_signals(slf, &signums)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_batch(slf: &Bound<'_, LoopCore>, this: &LoopCore, batch: &mut VecDeque<Scheduled>) -> PyResult<()> {
+    let py = slf.py();
+    while let Some(item) = batch.pop_front() {
+        let core = item.core();
+        if core.is_cancelled() {
+            continue;
+        }
+        this.activity.begin_callback();
+        if this.debug_enabled() {
+            run_timed(slf, this, &item)?;
+            continue;
+        }
+        if let Err(err) = core.run(py) {
+            if is_fatal(py, &err) {
+                return Err(err);
+            }
+            report_callback_error(py, core, &item.as_object(py), err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Debug mode: asyncio's slow-callback report and `_current_handle`.
+fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
+    let py = slf.py();
+    let handle = item.as_object(py);
+    *lock(&this.current_handle) = Some(handle.clone().unbind());
+    let started = clock::monotonic();
+    let outcome = match item.core().run(py) {
+        Ok(()) => Ok(()),
+        Err(err) => report_callback_error(py, item.core(), &handle, err),
+    };
+    let elapsed = clock::monotonic() - started;
+    let previous = lock(&this.current_handle).take();
+    drop(previous);
+    outcome?;
+    let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
+    if elapsed >= threshold {
+        slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
+    }
+    Ok(())
+}
