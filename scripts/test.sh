@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test: builds and installs ferroloop, then the Rust unit tests,
+# the pytest suite, and CPython's own asyncio tests on ferroloop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+echo "== installing build and test dependencies"
+"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" 2>&1 | grep -v "Running pip as the 'root' user" || true
+echo "== building and installing ferroloop"
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps . 2>&1 | grep -v "Running pip as the 'root' user" || true
+
+echo "== cargo test"
+# The Rust tests link against libpython; tell the loader where it lives.
+libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PYO3_PYTHON="$PYTHON" cargo test --quiet
+
+echo "== pytest"
+# Run from tests/ so that `import ferroloop` is the installed package.
+(cd tests && "$PYTHON" -m pytest -q -p no:cacheprovider .)
+
+if [ -f tests/conformance/run_cpython_asyncio.py ]; then
+    echo "== CPython test_asyncio (core modules) on ferroloop"
+    "$PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group core
+fi

@@ -1,0 +1,104 @@
+"""new_event_loop, Loop, EventLoopPolicy, install, run, Runner and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ferroloop
+
+
+def test_new_event_loop_is_an_asyncio_loop():
+    loop = ferroloop.new_event_loop()
+    try:
+        assert isinstance(loop, ferroloop.Loop)
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+        assert repr(loop) == "<ferroloop.Loop running=False closed=False debug=False>"
+    finally:
+        loop.close()
+
+
+def test_run_returns_result_and_honours_debug():
+    async def main():
+        loop = asyncio.get_running_loop()
+        return type(loop), loop.get_debug()
+
+    assert ferroloop.run(main()) == (ferroloop.Loop, False)
+    assert ferroloop.run(main(), debug=True) == (ferroloop.Loop, True)
+
+
+def test_asyncio_runner_with_loop_factory():
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        assert runner.run(main()) is ferroloop.Loop
+        assert runner.get_loop().is_running() is False
+
+
+def test_install_makes_asyncio_run_use_ferroloop():
+    previous = asyncio.get_event_loop_policy()
+    try:
+        ferroloop.install()
+        assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
+
+        async def main():
+            return type(asyncio.get_running_loop())
+
+        assert asyncio.run(main()) is ferroloop.Loop
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, ferroloop.Loop)
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
+def test_debug_mode_from_environment():
+    code = "import asyncio, ferroloop\nasync def m(): return asyncio.get_running_loop().get_debug()\nprint(ferroloop.run(m()))"
+    env_out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONASYNCIODEBUG": "1"}, capture_output=True, text=True
+    )
+    dev_out = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True)
+    assert env_out.stdout.strip() == "True", env_out.stderr
+    assert dev_out.stdout.strip() == "True", dev_out.stderr
+
+
+def test_cli_runs_script_as_main_with_argv(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            async def main():
+                loop = asyncio.get_running_loop()
+                print(__name__, sys.argv[1:], type(loop).__module__ + "." + type(loop).__qualname__)
+            asyncio.run(main())
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ferroloop", str(script), "a", "--flag"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "__main__ ['a', '--flag'] ferroloop.Loop"
+
+
+def test_cli_version_and_missing_script(tmp_path):
+    version = subprocess.run([sys.executable, "-m", "ferroloop", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"ferroloop {ferroloop.__version__}"
+    missing = subprocess.run(
+        [sys.executable, "-m", "ferroloop", str(tmp_path / "nope.py")], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "can't open file" in missing.stderr
+
+
+def test_cli_exit_code_and_exception_propagate(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import asyncio\nasync def main():\n    raise SystemExit(7)\nasyncio.run(main())\n")
+    result = subprocess.run([sys.executable, "-m", "ferroloop", str(script)], capture_output=True, text=True)
+    assert result.returncode == 7
