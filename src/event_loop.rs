@@ -25,10 +25,17 @@ use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerHeap;
 
+#[derive(Default)]
+pub struct Schedule {
+    pub ready: VecDeque<Scheduled>,
+    pub timers: TimerHeap<Py<TimerHandle>>,
+}
+
 #[pyclass(module = "ferroloop._native", subclass, frozen)]
 pub struct LoopCore {
-    pub(crate) ready: Mutex<VecDeque<Scheduled>>,
-    pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
+    /// The ready queue and the timer heap share one lock: an iteration
+    /// needs both, and taking one lock instead of two is measurably cheaper.
+    pub(crate) sched: Mutex<Schedule>,
     pub(crate) poller: Poller,
     pub(crate) stopping: AtomicBool,
     closed: AtomicBool,
@@ -106,7 +113,7 @@ impl LoopCore {
     }
 
     pub fn timer_cancelled(&self) {
-        lock(&self.timers).note_cancelled();
+        lock(&self.sched).timers.note_cancelled();
     }
 
     #[inline]
@@ -194,7 +201,7 @@ impl LoopCore {
         self.check_callback(&callback, "call_at")?;
         let core = self.handle_core(slf, callback, args, context)?;
         let timer = Py::new(slf.py(), TimerHandle::new(core, when))?;
-        lock(&self.timers).push(when, timer.clone_ref(slf.py()));
+        lock(&self.sched).timers.push(when, timer.clone_ref(slf.py()));
         Ok(timer)
     }
 
@@ -238,8 +245,7 @@ impl LoopCore {
     #[new]
     fn new() -> PyResult<Self> {
         Ok(Self {
-            ready: Mutex::new(VecDeque::new()),
-            timers: Mutex::new(TimerHeap::default()),
+            sched: Mutex::new(Schedule::default()),
             poller: Poller::new()?,
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -277,7 +283,7 @@ impl LoopCore {
         this.check_callback(&callback, "call_soon")?;
         let core = this.handle_core(slf, callback, args, context)?;
         let handle = Py::new(slf.py(), Handle { core })?;
-        lock(&this.ready).push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
+        lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
         Ok(handle)
     }
 
@@ -293,7 +299,7 @@ impl LoopCore {
         this.check_callback(&callback, "call_soon_threadsafe")?;
         let core = this.handle_core(slf, callback, args, context)?;
         let handle = Py::new(slf.py(), Handle { core })?;
-        lock(&this.ready).push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
+        lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
         this.poller.wake()?;
         Ok(handle)
     }
@@ -375,9 +381,12 @@ impl LoopCore {
     /// Drops everything scheduled and every fd watcher (part of `close()`).
     fn _close_native(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        let ready = std::mem::take(&mut *lock(&self.ready));
         let mut timers = Vec::new();
-        lock(&self.timers).drain(&mut timers);
+        let ready = {
+            let mut sched = lock(&self.sched);
+            sched.timers.drain(&mut timers);
+            std::mem::take(&mut sched.ready)
+        };
         let watchers = self.poller.unwatch_all();
         drop((ready, timers, watchers));
     }
@@ -402,14 +411,13 @@ impl LoopCore {
 
     /// (ready callbacks, scheduled timers, cancelled timers still in the heap).
     fn _queue_sizes(&self) -> (usize, usize, usize) {
-        let ready = lock(&self.ready).len();
-        let timers = lock(&self.timers);
-        (ready, timers.len(), timers.cancelled_count())
+        let sched = lock(&self.sched);
+        (sched.ready.len(), sched.timers.len(), sched.timers.cancelled_count())
     }
 
     /// The scheduled timer handles, in no particular order.
     fn _scheduled(&self, py: Python<'_>) -> Vec<Py<TimerHandle>> {
-        lock(&self.timers).iter().map(|t| t.clone_ref(py)).collect()
+        lock(&self.sched).timers.iter().map(|t| t.clone_ref(py)).collect()
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -506,13 +514,11 @@ impl LoopCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // See HandleCore::traverse for why try_lock is enough.
-        if let Ok(ready) = self.ready.try_lock() {
-            for item in ready.iter() {
+        if let Ok(sched) = self.sched.try_lock() {
+            for item in sched.ready.iter() {
                 item.visit(&visit)?;
             }
-        }
-        if let Ok(timers) = self.timers.try_lock() {
-            for timer in timers.iter() {
+            for timer in sched.timers.iter() {
                 visit.call(timer)?;
             }
         }
@@ -525,11 +531,11 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        let ready = self.ready.try_lock().ok().map(|mut r| std::mem::take(&mut *r));
         let mut timers = Vec::new();
-        if let Ok(mut heap) = self.timers.try_lock() {
-            heap.drain(&mut timers);
-        }
+        let ready = self.sched.try_lock().ok().map(|mut sched| {
+            sched.timers.drain(&mut timers);
+            std::mem::take(&mut sched.ready)
+        });
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
         drop((ready, timers, factory));
     }

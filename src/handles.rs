@@ -5,6 +5,7 @@
 //! than a class hierarchy so the loop reaches a handle's state with a plain
 //! pointer dereference on its hot path.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -28,8 +29,8 @@ pub struct HandleCore {
     /// The callback and its arguments; released on `cancel()` as asyncio
     /// does, so a cancelled timer does not keep its callback alive.
     payload: Mutex<Option<Payload>>,
-    context: Py<PyAny>,
-    loop_obj: Py<PyAny>,
+    context: ManuallyDrop<Py<PyAny>>,
+    loop_obj: ManuallyDrop<Py<PyAny>>,
     cancelled: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
     /// In debug mode asyncio keeps the repr of a cancelled handle, which
@@ -47,8 +48,8 @@ impl HandleCore {
     ) -> Self {
         Self {
             payload: Mutex::new(Some(Payload { callback, args })),
-            context,
-            loop_obj,
+            context: ManuallyDrop::new(context),
+            loop_obj: ManuallyDrop::new(loop_obj),
             cancelled: AtomicBool::new(false),
             source_traceback,
             cancelled_repr: Mutex::new(None),
@@ -98,11 +99,13 @@ impl HandleCore {
     /// exception; the loop decides how to report it.
     #[inline]
     pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        // Bound clones: dropping them is a plain decref, without the
+        // attached-thread check that dropping a `Py` performs.
         let (callback, args) = match &*lock(&self.payload) {
-            Some(p) => (p.callback.clone_ref(py), p.args.clone_ref(py)),
+            Some(p) => (p.callback.bind(py).clone(), p.args.bind(py).clone()),
             None => return Ok(()),
         };
-        call_in_context(py, &self.context, &callback, &args)
+        call_in_context(py, self.context.bind(py), &callback, &args)
     }
 
     fn repr_info(&self, py: Python<'_>, class_name: &str, when: Option<f64>) -> PyResult<String> {
@@ -135,8 +138,8 @@ impl HandleCore {
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
-        visit.call(&self.loop_obj)?;
+        visit.call(&*self.context)?;
+        visit.call(&*self.loop_obj)?;
         if let Some(tb) = &self.source_traceback {
             visit.call(tb)?;
         }
@@ -159,13 +162,37 @@ impl HandleCore {
     }
 }
 
+impl Drop for HandleCore {
+    fn drop(&mut self) {
+        // SAFETY: a HandleCore is created by the loop's methods and lives
+        // inside a Handle/TimerHandle object, so it is dropped either by that
+        // object's tp_dealloc or by the method that failed to wrap it; both
+        // run attached to the interpreter. Decrementing directly skips the
+        // per-object "are we attached?" check that dropping a `Py` performs,
+        // which is measurable on the call_soon path.
+        let py = unsafe { Python::assume_attached() };
+        if let Some(payload) = self.payload.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            payload.callback.drop_ref(py);
+            payload.args.drop_ref(py);
+        }
+        // SAFETY: the fields are never used again: this is their last use,
+        // inside the owner's drop.
+        let (context, loop_obj) = unsafe { (ManuallyDrop::take(&mut self.context), ManuallyDrop::take(&mut self.loop_obj)) };
+        context.drop_ref(py);
+        loop_obj.drop_ref(py);
+        if let Some(tb) = self.source_traceback.take() {
+            tb.drop_ref(py);
+        }
+    }
+}
+
 /// Calls `callback(*args)` with `context` entered, as `Context.run` does.
 #[inline]
 pub fn call_in_context(
     py: Python<'_>,
-    context: &Py<PyAny>,
-    callback: &Py<PyAny>,
-    args: &Py<PyTuple>,
+    context: &Bound<'_, PyAny>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
     // SAFETY: we are attached to the interpreter (`py`), and `context`,
     // `callback` and `args` are strong references that outlive the call.

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,6 +69,8 @@ pub struct Poller {
     watches: Mutex<HashMap<RawFd, FdWatch>>,
     watch_count: AtomicUsize,
     rearm: Mutex<Vec<RawFd>>,
+    /// Set when `rearm` is non-empty, so the common case costs one load.
+    rearm_pending: AtomicBool,
     signal_reader: UnixStream,
     signal_writer: UnixStream,
 }
@@ -87,6 +89,7 @@ impl Poller {
             watches: Mutex::new(HashMap::new()),
             watch_count: AtomicUsize::new(0),
             rearm: Mutex::new(Vec::new()),
+            rearm_pending: AtomicBool::new(false),
             signal_reader,
             signal_writer,
         })
@@ -195,6 +198,9 @@ impl Poller {
     /// Re-arms the fds whose callbacks ran since the last poll (see the
     /// module docs).
     pub fn rearm_delivered(&self) {
+        if !self.rearm_pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let pending = std::mem::take(&mut *lock(&self.rearm));
         if pending.is_empty() {
             return;
@@ -241,6 +247,7 @@ impl Poller {
                     }
                     if delivered {
                         rearm.push(fd);
+                        self.rearm_pending.store(true, Ordering::Relaxed);
                     }
                 }
             }

@@ -54,14 +54,16 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 }
 
 fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyResult<()> {
-    let py = slf.py();
     this.activity.begin_iteration();
 
-    let next_timer = lock(&this.timers).clean_and_peek(&mut s.timers);
+    let (next_timer, has_ready) = {
+        let mut sched = lock(&this.sched);
+        (sched.timers.clean_and_peek(&mut s.timers), !sched.ready.is_empty())
+    };
     // Dropped outside the lock: dropping a handle may run Python code.
     s.timers.clear();
 
-    let timeout = if this.stopping.load(Ordering::Relaxed) || !lock(&this.ready).is_empty() {
+    let timeout = if has_ready || this.stopping.load(Ordering::Relaxed) {
         Some(Duration::ZERO)
     } else {
         next_timer.map(|when| {
@@ -72,28 +74,27 @@ fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyRe
 
     poll(slf, this, s, timeout)?;
 
-    if next_timer.is_some() {
-        let end_time = clock::monotonic() + this.clock_resolution;
-        lock(&this.timers).pop_due(end_time, &mut s.timers);
-        if !s.timers.is_empty() {
-            let mut ready = lock(&this.ready);
-            ready.extend(s.timers.drain(..).map(Scheduled::Timer));
+    {
+        let mut sched = lock(&this.sched);
+        if next_timer.is_some() {
+            let end_time = clock::monotonic() + this.clock_resolution;
+            sched.timers.pop_due(end_time, &mut s.timers);
+            let due = s.timers.drain(..).map(Scheduled::Timer);
+            sched.ready.extend(due);
         }
+        std::mem::swap(&mut sched.ready, &mut s.batch);
     }
-
-    std::mem::swap(&mut *lock(&this.ready), &mut s.batch);
     let outcome = run_batch(slf, this, &mut s.batch);
     if outcome.is_err() && !s.batch.is_empty() {
         // An exception escaped (KeyboardInterrupt, SystemExit, or one raised
         // by the exception handler): the callbacks not yet run stay first in
         // line for the next run, as they do in asyncio.
-        let mut ready = lock(&this.ready);
+        let mut sched = lock(&this.sched);
         while let Some(item) = s.batch.pop_back() {
-            ready.push_front(item);
+            sched.ready.push_front(item);
         }
     }
     this.activity.set_phase(PHASE_IDLE);
-    let _ = py;
     outcome
 }
 
@@ -130,8 +131,8 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
     s.dispatch.signal_pipe_ready = false;
     this.poller.dispatch(py, &s.events, &mut s.dispatch);
     if !s.dispatch.handles.is_empty() {
-        let mut ready = lock(&this.ready);
-        ready.extend(s.dispatch.handles.drain(..).map(Scheduled::Plain));
+        let mut sched = lock(&this.sched);
+        sched.ready.extend(s.dispatch.handles.drain(..).map(Scheduled::Plain));
     }
     if s.dispatch.signal_pipe_ready {
         let signums = this.poller.drain_signal_pipe();
