@@ -205,6 +205,25 @@ impl LoopCore {
         Ok(timer)
     }
 
+    /// The body of `call_soon`, shared with the fastcall entry point.
+    pub(crate) fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug_enabled() {
+            this.check_thread()?;
+        }
+        this.check_callback(&callback, "call_soon")?;
+        let core = this.handle_core(slf, callback, args, context)?;
+        let handle = Py::new(slf.py(), Handle { core })?;
+        lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
+        Ok(handle)
+    }
+
     fn add_watch(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -275,16 +294,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug_enabled() {
-            this.check_thread()?;
-        }
-        this.check_callback(&callback, "call_soon")?;
-        let core = this.handle_core(slf, callback, args, context)?;
-        let handle = Py::new(slf.py(), Handle { core })?;
-        lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
-        Ok(handle)
+        Self::schedule_soon(slf, callback, args, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

@@ -468,6 +468,15 @@ impl Scheduled {
         }
     }
 
+    /// Releases the entry with a plain decref (the loop thread is attached).
+    #[inline]
+    pub fn release(self, py: Python<'_>) {
+        match self {
+            Scheduled::Plain(h) => h.drop_ref(py),
+            Scheduled::Timer(t) => t.drop_ref(py),
+        }
+    }
+
     pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Scheduled::Plain(h) => visit.call(h),

@@ -147,23 +147,28 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
 fn run_batch(slf: &Bound<'_, LoopCore>, this: &LoopCore, batch: &mut VecDeque<Scheduled>) -> PyResult<()> {
     let py = slf.py();
     while let Some(item) = batch.pop_front() {
-        let core = item.core();
-        if core.is_cancelled() {
-            continue;
-        }
-        this.activity.begin_callback();
-        if this.debug_enabled() {
-            run_timed(slf, this, &item)?;
-            continue;
-        }
-        if let Err(err) = core.run(py) {
-            if is_fatal(py, &err) {
-                return Err(err);
-            }
-            report_callback_error(py, core, &item.as_object(py), err)?;
-        }
+        let outcome = run_item(slf, this, &item);
+        item.release(py);
+        outcome?;
     }
     Ok(())
+}
+
+fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
+    let py = slf.py();
+    let core = item.core();
+    if core.is_cancelled() {
+        return Ok(());
+    }
+    this.activity.begin_callback();
+    if this.debug_enabled() {
+        return run_timed(slf, this, item);
+    }
+    match core.run(py) {
+        Ok(()) => Ok(()),
+        Err(err) if is_fatal(py, &err) => Err(err),
+        Err(err) => report_callback_error(py, core, &item.as_object(py), err),
+    }
 }
 
 /// Debug mode: asyncio's slow-callback report and `_current_handle`.

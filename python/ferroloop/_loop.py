@@ -22,7 +22,7 @@ import weakref
 from asyncio import constants, coroutines, events, futures, tasks
 from typing import Any, Callable, Optional
 
-from ._native import LoopCore
+from ._native import LoopCore, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
 
@@ -57,6 +57,10 @@ def _format_handle(handle: Any) -> str:
 
 class Loop(LoopCore, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
+
+    # The same method as LoopCore.call_soon, through a leaner native entry
+    # point (see src/fast_call_soon.rs).
+    call_soon = _call_soon_fastcall
 
     def __init__(self) -> None:
         self._default_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
