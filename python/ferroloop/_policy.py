@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from asyncio import events
 
 from ._loop import Loop
 
-# Renamed with a leading underscore in 3.14, when policies were deprecated.
-_BasePolicy = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(events, "_BaseDefaultEventLoopPolicy")
+
+def _base_policy() -> type:
+    """asyncio's default policy class for this platform and version.
+
+    On Unix before 3.14 it carries the child-watcher API that asyncio's
+    subprocess support and its tests use; the names gained a leading
+    underscore in 3.14, when policies were deprecated.
+    """
+    if sys.platform != "win32":
+        from asyncio import unix_events
+
+        unix_policy = getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
+        if unix_policy is not None:
+            return unix_policy
+    return getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(events, "_BaseDefaultEventLoopPolicy")
+
+
+_BasePolicy = _base_policy()
 
 
 class EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
