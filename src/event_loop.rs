@@ -388,6 +388,11 @@ impl LoopCore {
         crate::run::run_forever(slf)
     }
 
+    /// Runs one iteration of the loop (asyncio's `_run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        crate::run::run_one_iteration(slf)
+    }
+
     /// Drops everything scheduled and every fd watcher (part of `close()`).
     fn _close_native(&self) {
         self.closed.store(true, Ordering::Relaxed);

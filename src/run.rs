@@ -32,16 +32,37 @@ struct Scratch {
     timers: Vec<Py<TimerHandle>>,
 }
 
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            events: Events::with_capacity(256),
+            batch: VecDeque::new(),
+            dispatch: Dispatch::default(),
+            timers: Vec::new(),
+        }
+    }
+}
+
+/// asyncio's `run_forever` calls `self._run_once()` on every iteration, and
+/// some code wraps that method on the instance to observe iterations.
+fn run_once_overridden(slf: &Bound<'_, LoopCore>) -> bool {
+    let py = slf.py();
+    slf.getattr(intern!(py, "__dict__"))
+        .and_then(|d| d.contains(intern!(py, "_run_once")))
+        .unwrap_or(false)
+}
+
 pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let this = slf.get();
-    let mut scratch = Scratch {
-        events: Events::with_capacity(256),
-        batch: VecDeque::new(),
-        dispatch: Dispatch::default(),
-        timers: Vec::new(),
-    };
+    let mut scratch = Scratch::new();
+    let through_python = run_once_overridden(slf);
     let outcome = loop {
-        if let Err(err) = run_once(slf, this, &mut scratch) {
+        let iteration = if through_python {
+            slf.call_method0(intern!(slf.py(), "_run_once")).map(drop)
+        } else {
+            run_once(slf, this, &mut scratch)
+        };
+        if let Err(err) = iteration {
             break Err(err);
         }
         if this.stopping.load(Ordering::Relaxed) {
@@ -51,6 +72,11 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     this.stopping.store(false, Ordering::Relaxed);
     this.activity.set_phase(PHASE_IDLE);
     outcome
+}
+
+/// One iteration, for a direct call of `loop._run_once()`.
+pub fn run_one_iteration(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    run_once(slf, slf.get(), &mut Scratch::new())
 }
 
 fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyResult<()> {

@@ -394,3 +394,28 @@ def test_watchdog_activity_counter_is_readable_from_another_thread(loop):
     # Both samples land inside blocker(): same callback, phase "running".
     assert phase1 == phase2 == 2
     assert count1 == count2
+
+
+def test_run_once_runs_one_iteration_and_can_be_wrapped(loop):
+    calls = []
+    loop.call_soon(calls.append, 1)
+    loop._run_once()
+    assert calls == [1]
+
+    # As with asyncio's BaseEventLoop, wrapping _run_once on the instance
+    # sees every iteration of run_forever.
+    original = loop._run_once
+    iterations = []
+
+    def counting_run_once():
+        iterations.append(loop.time())
+        original()
+
+    loop._run_once = counting_run_once
+
+    async def sleeps():
+        for delay in (1e-2, 1e-4, 1e-6):
+            await asyncio.sleep(delay)
+
+    loop.run_until_complete(sleeps())
+    assert 4 <= len(iterations) <= 20
