@@ -35,6 +35,17 @@ sys.path.insert(0, str(HERE))
 # The harness imports asyncio but no test module at import time.
 from cpython_harness import CORE, GROUPS, LOOPS, SUITES, Suite  # noqa: E402
 
+# Tests a loop is known to fail, each with its reason. They still run and are
+# listed in every report; the exit status does not count them, and one that
+# starts passing is reported so that its entry gets removed.
+KNOWN_FAILURES: dict[str, dict[str, str]] = {
+    "ferroloop": {
+        "test_events.LoopUnderTestEventLoopTests.test_timeout_rounding":
+            "its assertion message reads loop._selector, an attribute only selector-based "
+            "loops have; the iteration count it checks is 12 on ferroloop (limit 20)",
+    },
+}
+
 MAX_ATTEMPTS = 25        # restarts per suite after hangs/crashes
 KILL_GRACE = 5.0         # the child dumps stacks at test_timeout; we kill after this
 POLL_INTERVAL = 0.1
@@ -77,7 +88,11 @@ class SuiteRun:
 
     @property
     def clean(self) -> bool:
-        return self.status == "ok" and self.failed == 0 and self.errors == 0
+        """No failures other than the loop's known ones (KNOWN_FAILURES)."""
+        known = KNOWN_FAILURES.get(self.loop, {})
+        return self.status == "ok" and all(
+            short(t["id"]) in known for t in self.tests.values()
+            if t["outcome"] in ("failure", "error", "unexpected_success"))
 
     def loops_total(self, kind: str) -> int:
         return sum(t["loops"][kind] for t in self.tests.values())
@@ -377,11 +392,19 @@ def render(results: dict[str, dict[str, SuiteRun]], loops: list[str],
                              for _suite, t in bad)
             out.append(f"\nMost common failure causes on {lp}:")
             out += [f"  {n:4d} x {cause}" for cause, n in causes.most_common(10)]
+        known = KNOWN_FAILURES.get(lp, {})
         if bad:
             out.append(f"\nFailing tests on {lp} ({len(bad)}):")
             for _suite, t in bad:
                 where = f" [{t['where']}]" if t.get("where") else ""
-                out.append(f"  {short(t['id'])}: {t['outcome'].upper()}{where}: {t['reason']}")
+                tag = " (known failure: " + known[short(t["id"])] + ")" if short(t["id"]) in known else ""
+                out.append(f"  {short(t['id'])}: {t['outcome'].upper()}{where}: {t['reason']}{tag}")
+        fixed = [short(t["id"]) for s in suites if (r := results[lp].get(s.name))
+                 for t in r.tests.values()
+                 if short(t["id"]) in known and t["outcome"] == "success"]
+        if fixed:
+            out.append(f"\nKnown failures that now pass on {lp} (remove them from KNOWN_FAILURES):")
+            out += [f"  {tid}" for tid in fixed]
     return "\n".join(out)
 
 
