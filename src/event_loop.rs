@@ -137,6 +137,7 @@ impl LoopCore {
 
     /// asyncio checks callbacks in debug mode only; a non-callable is always
     /// refused here, since it could only fail later, far from its cause.
+    #[inline]
     fn check_callback(&self, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
         let py = callback.py();
         let coroutine_error = || PyTypeError::new_err(format!("coroutines cannot be used with {method}()"));
@@ -160,6 +161,7 @@ impl LoopCore {
         Ok(())
     }
 
+    #[inline]
     fn handle_core(
         &self,
         slf: &Bound<'_, Self>,
@@ -206,6 +208,7 @@ impl LoopCore {
     }
 
     /// The body of `call_soon`, shared with the fastcall entry point.
+    #[inline]
     pub(crate) fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,

@@ -197,10 +197,15 @@ impl Poller {
 
     /// Re-arms the fds whose callbacks ran since the last poll (see the
     /// module docs).
+    #[inline]
     pub fn rearm_delivered(&self) {
-        if !self.rearm_pending.swap(false, Ordering::Relaxed) {
-            return;
+        if self.rearm_pending.load(Ordering::Relaxed) {
+            self.rearm_pending.store(false, Ordering::Relaxed);
+            self.rearm_now();
         }
+    }
+
+    fn rearm_now(&self) {
         let pending = std::mem::take(&mut *lock(&self.rearm));
         if pending.is_empty() {
             return;
