@@ -137,7 +137,7 @@ impl LoopCore {
 
     /// asyncio checks callbacks in debug mode only; a non-callable is always
     /// refused here, since it could only fail later, far from its cause.
-    #[inline]
+    #[inline(always)]
     fn check_callback(&self, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
         let py = callback.py();
         let coroutine_error = || PyTypeError::new_err(format!("coroutines cannot be used with {method}()"));
@@ -161,7 +161,7 @@ impl LoopCore {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn handle_core(
         &self,
         slf: &Bound<'_, Self>,
@@ -188,6 +188,7 @@ impl LoopCore {
         ))
     }
 
+    #[inline]
     fn schedule_at(
         &self,
         slf: &Bound<'_, Self>,
@@ -225,6 +226,38 @@ impl LoopCore {
         let handle = Py::new(slf.py(), Handle { core })?;
         lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
         Ok(handle)
+    }
+
+    /// The body of `call_later`, shared with the fastcall entry point.
+    #[inline]
+    pub(crate) fn schedule_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = clock::monotonic() + extract_seconds(delay)?;
+        slf.get().schedule_at(slf, when, callback, args, context)
+    }
+
+    /// The body of `call_at`, shared with the fastcall entry point.
+    #[inline]
+    pub(crate) fn schedule_when(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = extract_seconds(when)?;
+        slf.get().schedule_at(slf, when, callback, args, context)
     }
 
     fn add_watch(
@@ -320,31 +353,23 @@ impl LoopCore {
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later(
         slf: &Bound<'_, Self>,
-        delay: Option<Bound<'_, PyAny>>,
+        delay: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let Some(delay) = delay else {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        };
-        let when = clock::monotonic() + extract_seconds(&delay)?;
-        slf.get().schedule_at(slf, when, callback, args, context)
+        Self::schedule_later(slf, &delay, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
     fn call_at(
         slf: &Bound<'_, Self>,
-        when: Option<Bound<'_, PyAny>>,
+        when: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let Some(when) = when else {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        };
-        let when = extract_seconds(&when)?;
-        slf.get().schedule_at(slf, when, callback, args, context)
+        Self::schedule_when(slf, &when, callback, args, context)
     }
 
     fn stop(&self) {

@@ -3,7 +3,7 @@
 mod activity;
 mod clock;
 mod event_loop;
-mod fast_call_soon;
+mod fast_calls;
 mod handles;
 mod poller;
 mod pyrefs;
@@ -18,7 +18,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    m.add("_call_soon_fastcall", fast_call_soon::descriptor(m.py())?)?;
+    for (name, descriptor) in fast_calls::descriptors(m.py())? {
+        m.add(format!("_{name}_fastcall"), descriptor)?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -86,8 +86,12 @@ fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyRe
         let mut sched = lock(&this.sched);
         (sched.timers.clean_and_peek(&mut s.timers), !sched.ready.is_empty())
     };
-    // Dropped outside the lock: dropping a handle may run Python code.
-    s.timers.clear();
+    // Released outside the lock: dropping a handle may run Python code.
+    if !s.timers.is_empty() {
+        for timer in s.timers.drain(..) {
+            timer.drop_ref(slf.py());
+        }
+    }
 
     let timeout = if has_ready || this.stopping.load(Ordering::Relaxed) {
         Some(Duration::ZERO)

@@ -21,23 +21,18 @@ pub trait TimerItem {
     fn set_scheduled(&self, scheduled: bool);
 }
 
+/// A heap entry. `key` packs the due time and the scheduling order into one
+/// integer whose natural order is (when, seq), so a comparison during a
+/// sift is a single 128-bit compare rather than a float compare plus a tie
+/// break.
 struct Entry<T> {
-    key: f64,
-    seq: u64,
+    key: u128,
     item: T,
-}
-
-impl<T> Entry<T> {
-    fn cmp_key(&self, other: &Self) -> Ordering {
-        self.key
-            .total_cmp(&other.key)
-            .then_with(|| self.seq.cmp(&other.seq))
-    }
 }
 
 impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp_key(other) == Ordering::Equal
+        self.key == other.key
     }
 }
 impl<T> Eq for Entry<T> {}
@@ -49,19 +44,37 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     // BinaryHeap is a max-heap; reversing makes the earliest timer the top.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.cmp_key(self)
+        other.key.cmp(&self.key)
     }
 }
 
+/// Maps a due time to bits that sort as the times do (IEEE 754 total order).
 /// asyncio runs a NaN-timed timer at the next iteration (every comparison
-/// with NaN is false, so it is never "not yet due"); sorting NaN first keeps
-/// that behaviour and gives the heap a total order.
-fn sort_key(when: f64) -> f64 {
-    if when.is_nan() {
-        f64::NEG_INFINITY
+/// with NaN is false, so it is never "not yet due"); mapping NaN to -inf
+/// keeps that behaviour and gives the heap a total order.
+fn time_bits(when: f64) -> u64 {
+    let when = if when.is_nan() { f64::NEG_INFINITY } else { when };
+    let bits = when.to_bits();
+    if bits >> 63 == 1 {
+        !bits
     } else {
-        when
+        bits | (1 << 63)
     }
+}
+
+fn pack(when: f64, seq: u64) -> u128 {
+    ((time_bits(when) as u128) << 64) | seq as u128
+}
+
+/// True when the entry's due time is before `end_time`.
+fn due_before(key: u128, end_time: f64) -> bool {
+    ((key >> 64) as u64) < time_bits(end_time)
+}
+
+fn key_time(key: u128) -> f64 {
+    let bits = (key >> 64) as u64;
+    let raw = if bits >> 63 == 1 { bits & !(1 << 63) } else { !bits };
+    f64::from_bits(raw)
 }
 
 pub struct TimerHeap<T: TimerItem> {
@@ -90,7 +103,7 @@ impl<T: TimerItem> TimerHeap<T> {
         item.set_scheduled(true);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { key: sort_key(when), seq, item });
+        self.heap.push(Entry { key: pack(when, seq), item });
     }
 
     /// Records that one scheduled timer was cancelled.
@@ -131,14 +144,14 @@ impl<T: TimerItem> TimerHeap<T> {
                 }
             }
         }
-        self.heap.peek().map(|top| top.key)
+        self.heap.peek().map(|top| key_time(top.key))
     }
 
     /// Moves every timer due before `end_time` into `out`, earliest first.
     /// Cancelled timers are moved too: the caller skips them when it runs
     /// them, exactly as asyncio does.
     pub fn pop_due(&mut self, end_time: f64, out: &mut Vec<T>) {
-        while self.heap.peek().is_some_and(|top| top.key < end_time) {
+        while self.heap.peek().is_some_and(|top| due_before(top.key, end_time)) {
             if let Some(entry) = self.heap.pop() {
                 if entry.item.is_cancelled() {
                     self.cancelled = self.cancelled.saturating_sub(1);
@@ -277,6 +290,17 @@ mod tests {
         heap.pop_due(100.0, &mut out);
         assert_eq!(out.len(), 10);
         assert_eq!(heap.cancelled_count(), 0);
+    }
+
+    #[test]
+    fn packed_keys_order_like_the_times() {
+        let times = [f64::NEG_INFINITY, -5.5, -0.0, 0.0, 1e-300, 0.5, 1.0, 1e300, f64::INFINITY];
+        for pair in times.windows(2) {
+            assert!(pack(pair[0], 0) <= pack(pair[1], 0), "{pair:?}");
+            assert_eq!(key_time(pack(pair[1], 7)), pair[1]);
+        }
+        assert!(pack(1.0, 1) < pack(1.0, 2));
+        assert!(due_before(pack(1.0, 99), 1.5) && !due_before(pack(2.0, 0), 1.5));
     }
 
     #[test]

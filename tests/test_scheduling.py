@@ -419,3 +419,29 @@ def test_run_once_runs_one_iteration_and_can_be_wrapped(loop):
 
     loop.run_until_complete(sleeps())
     assert 4 <= len(iterations) <= 20
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda lp: lp.call_soon(), r"call_soon\(\) missing 1 required positional argument: 'callback'"),
+        (lambda lp: lp.call_later(1), r"call_later\(\) missing 1 required positional argument: 'callback'"),
+        (lambda lp: lp.call_at(), r"call_at\(\) missing 2 required positional arguments: 'when' and 'callback'"),
+        (lambda lp: lp.call_soon(print, bogus=1), r"call_soon\(\) got an unexpected keyword argument 'bogus'"),
+        (lambda lp: lp.call_later(1, print, delay=2), r"call_later\(\) got multiple values for argument 'delay'"),
+    ],
+)
+def test_scheduling_argument_errors_match_python(loop, call, message):
+    with pytest.raises(TypeError, match=message):
+        call(loop)
+
+
+def test_scheduling_parameters_can_be_passed_by_keyword(loop):
+    calls = []
+    loop.call_later(delay=0, callback=calls.append, context=None).cancel()
+    loop.call_at(when=loop.time(), callback=lambda: calls.append("at"))
+    loop.call_later(0.001, calls.append, "later")
+    loop.call_soon(callback=lambda: calls.append("soon"))
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert calls == ["soon", "at", "later"]

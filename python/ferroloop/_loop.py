@@ -22,7 +22,7 @@ import weakref
 from asyncio import constants, coroutines, events, futures, tasks
 from typing import Any, Callable, Optional
 
-from ._native import LoopCore, _call_soon_fastcall
+from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
 
@@ -58,9 +58,11 @@ def _format_handle(handle: Any) -> str:
 class Loop(LoopCore, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
-    # The same method as LoopCore.call_soon, through a leaner native entry
-    # point (see src/fast_call_soon.rs).
+    # The same methods as LoopCore's, through leaner native entry points
+    # (see src/fast_calls.rs).
     call_soon = _call_soon_fastcall
+    call_later = _call_later_fastcall
+    call_at = _call_at_fastcall
 
     def __init__(self) -> None:
         self._default_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
