@@ -228,35 +228,23 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// The body of `call_later`, shared with the fastcall entry point.
+    /// The body of `call_later` (`relative`) and `call_at`, shared with
+    /// their fastcall entry points.
     #[inline]
-    pub(crate) fn schedule_later(
+    pub(crate) fn schedule_timer(
         slf: &Bound<'_, Self>,
-        delay: &Bound<'_, PyAny>,
+        time: &Bound<'_, PyAny>,
+        relative: bool,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
+        if time.is_none() {
+            let message = if relative { "delay must not be None" } else { "when cannot be None" };
+            return Err(PyTypeError::new_err(message));
         }
-        let when = clock::monotonic() + extract_seconds(delay)?;
-        slf.get().schedule_at(slf, when, callback, args, context)
-    }
-
-    /// The body of `call_at`, shared with the fastcall entry point.
-    #[inline]
-    pub(crate) fn schedule_when(
-        slf: &Bound<'_, Self>,
-        when: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when = extract_seconds(when)?;
+        let seconds = extract_seconds(time)?;
+        let when = if relative { clock::monotonic() + seconds } else { seconds };
         slf.get().schedule_at(slf, when, callback, args, context)
     }
 
@@ -358,7 +346,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        Self::schedule_later(slf, &delay, callback, args, context)
+        Self::schedule_timer(slf, &delay, true, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -369,7 +357,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        Self::schedule_when(slf, &when, callback, args, context)
+        Self::schedule_timer(slf, &when, false, callback, args, context)
     }
 
     fn stop(&self) {

@@ -169,6 +169,31 @@ unsafe extern "C" fn call_soon_fastcall(
     }
 }
 
+/// `call_later` and `call_at`: `(time, callback, *args, context=None)`.
+///
+/// # Safety
+/// As for `fastcall`, with the argument vector CPython passed.
+unsafe fn timer_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    name: &str,
+    params: &[&str; 2],
+    relative: bool,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from a METH_FASTCALL method of LoopCore.
+    unsafe {
+        fastcall(slf, |py, slf| {
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            let mut parsed = parse(py, name, params, args, nargs, kwnames)?;
+            let time = take(&mut parsed.leading[0])?;
+            let callback = take(&mut parsed.leading[1])?;
+            Ok(LoopCore::schedule_timer(slf, &time, relative, callback, parsed.rest, parsed.context)?.into_any())
+        })
+    }
+}
+
 unsafe extern "C" fn call_later_fastcall(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -176,15 +201,7 @@ unsafe extern "C" fn call_later_fastcall(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: this is a METH_FASTCALL method of LoopCore (see `descriptors`).
-    unsafe {
-        fastcall(slf, |py, slf| {
-            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-            let mut parsed = parse(py, "call_later", &["delay", "callback"], args, nargs, kwnames)?;
-            let delay = take(&mut parsed.leading[0])?;
-            let callback = take(&mut parsed.leading[1])?;
-            Ok(LoopCore::schedule_later(slf, &delay, callback, parsed.rest, parsed.context)?.into_any())
-        })
-    }
+    unsafe { timer_fastcall(slf, args, nargsf, kwnames, "call_later", &["delay", "callback"], true) }
 }
 
 unsafe extern "C" fn call_at_fastcall(
@@ -194,15 +211,7 @@ unsafe extern "C" fn call_at_fastcall(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: this is a METH_FASTCALL method of LoopCore (see `descriptors`).
-    unsafe {
-        fastcall(slf, |py, slf| {
-            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
-            let mut parsed = parse(py, "call_at", &["when", "callback"], args, nargs, kwnames)?;
-            let when = take(&mut parsed.leading[0])?;
-            let callback = take(&mut parsed.leading[1])?;
-            Ok(LoopCore::schedule_when(slf, &when, callback, parsed.rest, parsed.context)?.into_any())
-        })
-    }
+    unsafe { timer_fastcall(slf, args, nargsf, kwnames, "call_at", &["when", "callback"], false) }
 }
 
 type FastCall = unsafe extern "C" fn(

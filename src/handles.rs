@@ -238,79 +238,96 @@ fn py_float_repr(py: Python<'_>, value: f64) -> PyResult<String> {
     Ok(pyo3::types::PyFloat::new(py, value).repr()?.to_string())
 }
 
+/// The Python API both handle classes share: asyncio's `Handle` methods and
+/// the private attributes introspection tools read. `$extra` adds the
+/// class's own methods to the same `#[pymethods]` block.
+macro_rules! handle_pymethods {
+    ($class:ident, $name:literal, { $($extra:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            fn cancelled(&self) -> bool {
+                self.core.is_cancelled()
+            }
+
+            fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+                self.core.context.clone_ref(py)
+            }
+
+            /// Runs the callback now, reporting an exception through the
+            /// loop's exception handler (asyncio's `Handle._run`).
+            fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+                let py = slf.py();
+                match slf.get().core.run(py) {
+                    Ok(()) => Ok(()),
+                    Err(err) => crate::event_loop::report_callback_error(py, &slf.get().core, slf.as_any(), err),
+                }
+            }
+
+            #[getter]
+            fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.core.callback(py)
+            }
+
+            #[getter]
+            fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+                self.core.args(py)
+            }
+
+            #[getter]
+            fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+                self.core.loop_obj.clone_ref(py)
+            }
+
+            #[getter]
+            fn _cancelled(&self) -> bool {
+                self.core.is_cancelled()
+            }
+
+            #[getter]
+            fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+                self.core.context.clone_ref(py)
+            }
+
+            #[getter]
+            fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.core.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+            }
+
+            fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+                self.core.repr_info(py, $name, self.repr_when())
+            }
+
+            fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+                self.core.traverse(&visit)
+            }
+
+            fn __clear__(&self) {
+                self.core.clear();
+            }
+
+            $($extra)*
+        }
+    };
+}
+
 /// A callback scheduled with `call_soon`, or registered for an fd or signal.
 #[pyclass(module = "ferroloop", frozen, weakref)]
 pub struct Handle {
     pub core: HandleCore,
 }
 
-#[pymethods]
 impl Handle {
+    fn repr_when(&self) -> Option<f64> {
+        None
+    }
+}
+
+handle_pymethods!(Handle, "Handle", {
     pub fn cancel(slf: &Bound<'_, Self>) {
         let py = slf.py();
         slf.get().core.cancel(py, || slf.repr().ok().map(|r| r.to_string()));
     }
-
-    fn cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.context.clone_ref(py)
-    }
-
-    /// Runs the callback now, reporting an exception through the loop's
-    /// exception handler (asyncio's `Handle._run`).
-    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().core.run(py) {
-            Ok(()) => Ok(()),
-            Err(err) => crate::event_loop::report_callback_error(py, &slf.get().core, slf.as_any(), err),
-        }
-    }
-
-    #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.callback(py)
-    }
-
-    #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.core.args(py)
-    }
-
-    #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.loop_obj.clone_ref(py)
-    }
-
-    #[getter]
-    fn _cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.context.clone_ref(py)
-    }
-
-    #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        self.core.repr_info(py, "Handle", None)
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.core.traverse(&visit)
-    }
-
-    fn __clear__(&self) {
-        self.core.clear();
-    }
-}
+});
 
 /// A callback scheduled for a point in time (`call_later`, `call_at`).
 #[pyclass(module = "ferroloop", frozen, weakref)]
@@ -325,8 +342,8 @@ impl TimerHandle {
         Self { core, when, scheduled: AtomicBool::new(false) }
     }
 
-    pub fn when_value(&self) -> f64 {
-        self.when
+    fn repr_when(&self) -> Option<f64> {
+        Some(self.when)
     }
 }
 
@@ -340,8 +357,7 @@ impl TimerItem for Py<TimerHandle> {
     }
 }
 
-#[pymethods]
-impl TimerHandle {
+handle_pymethods!(TimerHandle, "TimerHandle", {
     fn when(&self) -> f64 {
         self.when
     }
@@ -357,22 +373,6 @@ impl TimerHandle {
         }
     }
 
-    fn cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.context.clone_ref(py)
-    }
-
-    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().core.run(py) {
-            Ok(()) => Ok(()),
-            Err(err) => crate::event_loop::report_callback_error(py, &slf.get().core, slf.as_any(), err),
-        }
-    }
-
     #[getter]
     fn _when(&self) -> f64 {
         self.when
@@ -381,40 +381,6 @@ impl TimerHandle {
     #[getter]
     fn _scheduled(&self) -> bool {
         self.scheduled.load(Ordering::Relaxed)
-    }
-
-    #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.callback(py)
-    }
-
-    #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.core.args(py)
-    }
-
-    #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.loop_obj.clone_ref(py)
-    }
-
-    #[getter]
-    fn _cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.core.context.clone_ref(py)
-    }
-
-    #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        self.core.repr_info(py, "TimerHandle", Some(self.when))
     }
 
     fn __hash__(&self) -> u64 {
@@ -436,15 +402,7 @@ impl TimerHandle {
     fn __ge__(&self, other: &Self) -> bool {
         self.when >= other.when
     }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.core.traverse(&visit)
-    }
-
-    fn __clear__(&self) {
-        self.core.clear();
-    }
-}
+});
 
 /// An entry of the ready queue.
 pub enum Scheduled {
