@@ -451,24 +451,26 @@ impl LoopCore {
         lock(&self.sched).timers.iter().map(|t| t.clone_ref(py)).collect()
     }
 
+    /// Returns None, as asyncio's public method does.
     #[pyo3(signature = (fd, callback, *args))]
     fn add_reader(
         slf: &Bound<'_, Self>,
         fd: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Read, callback, args)
+    ) -> PyResult<()> {
+        Self::add_watch(slf, &fd, Direction::Read, callback, args).map(drop)
     }
 
+    /// Returns None, as asyncio's public method does.
     #[pyo3(signature = (fd, callback, *args))]
     fn add_writer(
         slf: &Bound<'_, Self>,
         fd: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<Py<Handle>> {
-        Self::add_watch(slf, &fd, Direction::Write, callback, args)
+    ) -> PyResult<()> {
+        Self::add_watch(slf, &fd, Direction::Write, callback, args).map(drop)
     }
 
     fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {

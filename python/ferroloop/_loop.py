@@ -20,7 +20,13 @@ import traceback
 import warnings
 import weakref
 from asyncio import constants, coroutines, events, futures, tasks
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
@@ -39,7 +45,7 @@ def _run_until_complete_cb(fut: futures.Future) -> None:
             # The exception propagates out of run_forever by itself; stopping
             # here would hide it (asyncio issue #22429).
             return
-    futures._get_loop(fut).stop()
+    futures._get_loop(fut).stop()  # type: ignore[attr-defined]  # private asyncio helper, stable since 3.7
 
 
 def _sighandler_noop(signum: int, frame: Any) -> None:
@@ -55,7 +61,9 @@ def _format_handle(handle: Any) -> str:
     return str(handle)
 
 
-class Loop(LoopCore, events.AbstractEventLoop):
+# The native scheduling methods return ferroloop.Handle/TimerHandle, which
+# typeshed's AbstractEventLoop types as asyncio.Handle/TimerHandle.
+class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop implemented in Rust."""
 
     # The same methods as LoopCore's, through leaner native entry points
@@ -75,7 +83,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper
 
     def __repr__(self) -> str:
         return (
@@ -175,7 +183,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
         else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
         self._coroutine_origin_tracking_enabled = enabled
 
     def _log_slow_callback(self, handle: Any, seconds: float) -> None:
@@ -274,7 +282,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
 
     # -- executors -----------------------------------------------------------
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> futures.Future:
+    def run_in_executor(self, executor: Any, func: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> futures.Future[_T]:
         self._check_closed()
         if self.get_debug():
             self._check_callback(func, "run_in_executor")
@@ -293,7 +301,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
         if not callable(callback):
             raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
-    def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    def set_default_executor(self, executor: concurrent.futures.Executor) -> None:
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
@@ -324,7 +332,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
             if executor is not None:
                 executor.shutdown(wait=True)
             if not self.is_closed():
-                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
+                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)  # type: ignore[attr-defined]
         except Exception as ex:
             if not self.is_closed() and not future.cancelled():
                 self.call_soon_threadsafe(future.set_exception, ex)
@@ -382,7 +390,7 @@ class Loop(LoopCore, events.AbstractEventLoop):
         if sig not in signal.valid_signals():
             raise ValueError(f"invalid signal number {sig}")
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
