@@ -15,11 +15,9 @@ echo "== cargo test"
 libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PYO3_PYTHON="$PYTHON" cargo test --quiet
 
+echo "== CPython test_asyncio (core modules) on ferroloop"
+"$PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group core
+
 echo "== pytest"
 # Run from tests/ so that `import ferroloop` is the installed package.
 (cd tests && "$PYTHON" -m pytest -q -p no:cacheprovider .)
-
-if [ -f tests/conformance/run_cpython_asyncio.py ]; then
-    echo "== CPython test_asyncio (core modules) on ferroloop"
-    "$PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group core
-fi
