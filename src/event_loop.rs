@@ -24,6 +24,7 @@ use crate::poller::{Direction, Poller};
 use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerHeap;
+use crate::watchdog::Watchdog;
 
 #[derive(Default)]
 pub struct Schedule {
@@ -49,6 +50,7 @@ pub struct LoopCore {
     /// The handle being run, kept in debug mode only (asyncio's
     /// `_current_handle`, used to add `handle_traceback` to error reports).
     pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 fn current_thread_ident() -> u64 {
@@ -299,6 +301,7 @@ impl LoopCore {
             clock_resolution: clock::resolution(),
             task_factory: Mutex::new(None),
             current_handle: Mutex::new(None),
+            watchdog: Mutex::new(None),
         })
     }
 
@@ -432,6 +435,31 @@ impl LoopCore {
 
     fn _write_to_self(&self) -> PyResult<()> {
         Ok(self.poller.wake()?)
+    }
+
+    /// Starts the stall watchdog (replacing a running one): `reporter(event,
+    /// seconds)` is called from the watchdog thread; see `watchdog.rs`.
+    fn _start_watchdog(slf: &Bound<'_, Self>, threshold: f64, reporter: Py<PyAny>) -> PyResult<()> {
+        if !(threshold.is_finite() && threshold > 0.0) {
+            return Err(PyValueError::new_err(format!("watchdog threshold must be a positive number of seconds, got {threshold}")));
+        }
+        Self::_stop_watchdog(slf);
+        let this = slf.get();
+        let watchdog = Watchdog::start(Arc::clone(&this.activity), std::time::Duration::from_secs_f64(threshold), reporter)?;
+        *lock(&this.watchdog) = Some(watchdog);
+        Ok(())
+    }
+
+    fn _stop_watchdog(slf: &Bound<'_, Self>) {
+        let previous = lock(&slf.get().watchdog).take();
+        if let Some(watchdog) = previous {
+            // Released: the thread may be waiting for the GIL to report.
+            slf.py().detach(move || watchdog.stop_and_join());
+        }
+    }
+
+    fn _watchdog_running(&self) -> bool {
+        lock(&self.watchdog).is_some()
     }
 
     /// (phase, callbacks started, iterations): see `activity.rs`.

@@ -10,6 +10,7 @@ mod pyrefs;
 mod run;
 mod sync;
 mod timers;
+mod watchdog;
 
 use pyo3::prelude::*;
 

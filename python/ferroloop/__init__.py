@@ -41,14 +41,34 @@ def install() -> None:
         _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None, **run_kwargs: Any) -> _T:
-    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``."""
+def run(
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: Optional[bool] = None,
+    watchdog: Optional[float] = None,
+    **run_kwargs: Any,
+) -> _T:
+    """Run a coroutine on a new ferroloop loop, like ``asyncio.run``.
+
+    ``watchdog=0.1`` reports any callback or task step that blocks the loop
+    for more than 0.1 s while it happens (see ``Loop.enable_watchdog``);
+    without it, ``FERROLOOP_WATCHDOG=<milliseconds>`` is honoured.
+    """
+
+    def loop_factory() -> Loop:
+        loop = new_event_loop()
+        if watchdog is not None:
+            loop.enable_watchdog(watchdog)
+        return loop
+
     if _sys.version_info >= (3, 11):
-        with _asyncio.Runner(loop_factory=new_event_loop, debug=debug, **run_kwargs) as runner:
+        with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
             return runner.run(main)
     # 3.10 has no Runner: swap the policy in for the duration of the call.
     previous = _asyncio.get_event_loop_policy()
-    _asyncio.set_event_loop_policy(EventLoopPolicy())
+    policy = EventLoopPolicy()
+    policy._loop_factory = loop_factory  # type: ignore[method-assign]
+    _asyncio.set_event_loop_policy(policy)
     try:
         return _asyncio.run(main, debug=bool(debug), **run_kwargs)
     finally:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
+from . import _watchdog
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
@@ -73,6 +74,11 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
     call_at = _call_at_fastcall
 
     def __init__(self) -> None:
+        try:
+            watchdog_threshold = _watchdog.threshold_from_environment()
+        except ValueError:
+            self._close_native()  # a half-built loop must not warn as unclosed later
+            raise
         self._default_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._executor_shutdown_called = False
         self._exception_handler: Optional[Callable[..., Any]] = None
@@ -83,7 +89,10 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
+        self._stall_reporter: Optional[_watchdog.StallReporter] = None
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper
+        if watchdog_threshold is not None:
+            self.enable_watchdog(watchdog_threshold)
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +165,7 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
             logger.debug("Close %r", self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
+        self.disable_watchdog()
         self._close_native()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -188,6 +198,37 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
 
     def _log_slow_callback(self, handle: Any, seconds: float) -> None:
         logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
+
+    # -- stall watchdog ----------------------------------------------------
+
+    def enable_watchdog(self, threshold: float = 0.1, *, callback: Optional[_watchdog.StallCallback] = None) -> None:
+        """Report, while it happens, any callback or task step that keeps the
+        loop busy for more than ``threshold`` seconds.
+
+        Each stall is reported twice on the ``ferroloop`` logger: once while
+        it is still going on (with the task, its coroutine and the loop
+        thread's stack down to the blocking line), and once with its total
+        duration when it ends. ``callback``, if given, receives the same
+        records as dicts, called from the watchdog thread.
+        """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"threshold must be a number of seconds, not {type(threshold).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {callback!r}")
+        self._check_closed()
+        reporter = _watchdog.StallReporter(self, float(threshold), callback)
+        self._start_watchdog(float(threshold), reporter)
+        self._stall_reporter = reporter
+
+    def disable_watchdog(self) -> None:
+        """Stop the stall watchdog (a no-op if it is not running)."""
+        self._stop_watchdog()
+        self._stall_reporter = None
+
+    @property
+    def watchdog_threshold(self) -> Optional[float]:
+        """The watchdog's threshold in seconds, or None when it is off."""
+        return self._stall_reporter.threshold if self._stall_reporter is not None and self._watchdog_running() else None
 
     # -- exceptions --------------------------------------------------------
 

@@ -1,0 +1,124 @@
+"""Reports of the stall watchdog (the sampling runs natively: src/watchdog.rs).
+
+The native watchdog thread calls a ``StallReporter`` while a callback is
+still stalling the loop, and again once it returns. The reporter runs on the
+watchdog thread, so it reads the loop thread's state from the outside: the
+stack through ``sys._current_frames()`` and the running task through
+``asyncio.current_task(loop)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+import traceback
+import weakref
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger("ferroloop")
+
+StallCallback = Callable[[dict], None]
+
+ENV_VARIABLE = "FERROLOOP_WATCHDOG"
+
+_LOOP_FILE = os.path.join(os.path.dirname(__file__), "_loop.py")
+
+
+def threshold_from_environment() -> Optional[float]:
+    """``FERROLOOP_WATCHDOG=<milliseconds>`` as seconds, or None if unset."""
+    value = os.environ.get(ENV_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        raise ValueError(f"{ENV_VARIABLE} must be a number of milliseconds, got {value!r}") from None
+    if not milliseconds > 0:
+        raise ValueError(f"{ENV_VARIABLE} must be a positive number of milliseconds, got {value!r}")
+    return milliseconds / 1000
+
+
+def _callback_frames(frame: Any) -> traceback.StackSummary:
+    """The loop thread's stack from the callback down: the frames above it
+    (the program's asyncio.run, our run_forever) only say "the loop runs"."""
+    stack = traceback.extract_stack(frame)
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index].filename == _LOOP_FILE and stack[index].name in ("run_forever", "_run_once"):
+            return traceback.StackSummary.from_list(stack[index + 1 :])
+    return stack
+
+
+def _coroutine_location(coro: Any) -> Optional[str]:
+    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    if code is None:
+        return None
+    line = frame.f_lineno if frame is not None else code.co_firstlineno
+    return f"{code.co_filename}:{line}"
+
+
+class StallReporter:
+    """Turns the watchdog's events into records, log lines and callbacks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, callback: Optional[StallCallback]) -> None:
+        self._loop_ref = weakref.ref(loop)
+        self.threshold = threshold
+        self.callback = callback
+        self._stall: Optional[dict] = None
+
+    def __call__(self, event: str, seconds: float) -> None:
+        loop = self._loop_ref()
+        if loop is None:
+            return
+        if event == "stall":
+            record = self._describe_stall(loop, seconds)
+            self._stall = record
+        else:
+            record = dict(self._stall or {}, event="stall_end", duration=seconds, reported_at=time.monotonic())
+            self._stall = None
+        logger.warning("%s", format_record(record))
+        if self.callback is not None:
+            self.callback(record)
+
+    def _describe_stall(self, loop: asyncio.AbstractEventLoop, seconds: float) -> dict:
+        thread_id = getattr(loop, "_thread_id", None)
+        frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+        stack = _callback_frames(frame) if frame is not None else traceback.StackSummary()
+        task = asyncio.current_task(loop)
+        coro = task.get_coro() if task is not None else None
+        return {
+            "event": "stall",
+            "duration": seconds,
+            "threshold": self.threshold,
+            "task": task.get_name() if task is not None else None,
+            "coroutine": getattr(coro, "__qualname__", None) if coro is not None else None,
+            "coroutine_location": _coroutine_location(coro) if coro is not None else None,
+            "stack": [(f.filename, f.lineno, f.name, f.line) for f in stack],
+            "thread_id": thread_id,
+            "reported_at": time.monotonic(),
+        }
+
+
+def format_record(record: dict) -> str:
+    """The log text of one watchdog record."""
+    where = ""
+    if record.get("task") is not None:
+        where = f" in task {record['task']!r}"
+        if record.get("coroutine"):
+            where += f" (coroutine {record['coroutine']}() at {record.get('coroutine_location')})"
+    elif record.get("stack"):
+        filename, lineno, name, _line = record["stack"][0]
+        where = f" in callback {name}() at {filename}:{lineno}"
+    if record["event"] == "stall_end":
+        return f"event loop stall ended after {record['duration']:.3f} s{where}"
+    lines = [f"event loop stalled: one callback has run for {record['duration']:.3f} s and is still running{where}"]
+    if record.get("stack"):
+        lines.append("Stack of the loop thread (most recent call last):")
+        for filename, lineno, name, line in record["stack"]:
+            lines.append(f'  File "{filename}", line {lineno}, in {name}')
+            if line:
+                lines.append(f"    {line}")
+    return "\n".join(lines)
