@@ -32,7 +32,11 @@ from pathlib import Path
 from typing import Any
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
-ALL_LOOPS = ("asyncio", "uvloop", "ferroloop")
+ALL_LOOPS = ("asyncio", "uvloop", "ferroloop", "ferroloop-watchdog")
+# ferroloop-watchdog (ferroloop with its stall watchdog on) is opt-in:
+# `--loops ferroloop,ferroloop-watchdog` measures the watchdog's overhead.
+DEFAULT_LOOPS = ("asyncio", "uvloop", "ferroloop")
+WATCHED = "ferroloop-watchdog"
 ALL_BENCHMARKS = ("call_soon", "timers", "tasks")
 BASELINE = "uvloop"
 CANDIDATE = "ferroloop"
@@ -170,10 +174,11 @@ def parse_callgrind_total(text: str) -> int:
 
 def probe_loop(loop: str) -> str | None:
     """Return the loop package's version if it can create a loop, else None."""
+    package = loop.split("-")[0]  # ferroloop-watchdog is ferroloop
     code = (
-        f"import importlib.metadata, {loop}\n"
-        f"{loop}.new_event_loop().close()\n"
-        f"print(importlib.metadata.version({loop!r}) if {loop!r} != 'asyncio' "
+        f"import importlib.metadata, {package}\n"
+        f"{package}.new_event_loop().close()\n"
+        f"print(importlib.metadata.version({package!r}) if {package!r} != 'asyncio' "
         "else 'stdlib')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -310,6 +315,22 @@ def target_row(results: Results, benchmark: str) -> list[str] | None:
     ]
 
 
+def watchdog_table(results: Results, benchmarks: Sequence[str]) -> str | None:
+    """The stall watchdog's cost: ferroloop with it on, relative to off."""
+    rows = []
+    for benchmark in benchmarks:
+        on, off = results.get((WATCHED, benchmark)), results.get((CANDIDATE, benchmark))
+        if on is None or off is None:
+            continue
+        ir = "n/a"
+        if on.ir_per_op is not None and off.ir_per_op:
+            ir = f"{on.ir_per_op / off.ir_per_op:.3f}×"
+        rows.append([benchmark, f"{on.cpu_us_per_op / off.cpu_us_per_op:.3f}×", ir])
+    if not rows:
+        return None
+    return markdown_table(["benchmark", "CPU µs/op, on/off", "instr/op, on/off"], rows, left=1)
+
+
 def environment_line(
     versions: dict[str, str], reps: int, sizes: dict[str, Sizes], callgrind: bool
 ) -> str:
@@ -364,8 +385,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loops",
         type=csv_choice(ALL_LOOPS),
-        default=list(ALL_LOOPS),
-        help="comma-separated loops (default: all; unavailable ones are skipped)",
+        default=list(DEFAULT_LOOPS),
+        help="comma-separated loops (default: asyncio,uvloop,ferroloop; add "
+        "ferroloop-watchdog for the watchdog's overhead; unavailable ones are skipped)",
     )
     parser.add_argument(
         "--benchmarks",
@@ -437,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Targets (issue): ferroloop instructions/op relative to uvloop")
         print()
         print(targets)
+    watchdog = watchdog_table(results, args.benchmarks)
+    if watchdog:
+        print()
+        print(f"Stall watchdog overhead ({WATCHED} against {CANDIDATE}, same run)")
+        print()
+        print(watchdog)
     if args.json:
         args.json.write_text(
             json.dumps(json_report(results, versions), indent=2) + "\n"

@@ -28,7 +28,12 @@ EXPECTED_MODULE = {
     "asyncio": "asyncio.",
     "uvloop": "uvloop",
     "ferroloop": "ferroloop",
+    "ferroloop-watchdog": "ferroloop",
 }
+
+# The stall watchdog's threshold for the "ferroloop-watchdog" loop: no
+# benchmark callback comes near it, so this measures the cost of watching.
+WATCHDOG_THRESHOLD_S = 0.1
 
 
 # Each benchmark returns a check of its result, run after the clock stops.
@@ -47,10 +52,13 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop
 
         loop = uvloop.new_event_loop()
-    elif name == "ferroloop":
+    elif name in ("ferroloop", "ferroloop-watchdog"):
         import ferroloop
 
         loop = ferroloop.new_event_loop()
+        if name == "ferroloop-watchdog":
+            loop.enable_watchdog(WATCHDOG_THRESHOLD_S)
+            check(loop.watchdog_threshold == WATCHDOG_THRESHOLD_S, "watchdog did not start")
     else:
         raise SystemExit(f"unknown loop {name!r}")
     module = type(loop).__module__
