@@ -306,6 +306,21 @@ def test_debug_mode_logs_slow_callbacks(loop, caplog):
     assert any(m.startswith("Executing <Handle") and "slow" in m and "took" in m for m in messages), messages
 
 
+def test_slow_task_step_is_attributed_to_task_and_coroutine(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+
+    async def slow_step():
+        time.sleep(0.03)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_until_complete(loop.create_task(slow_step(), name="sluggish"))
+    [message] = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert message.startswith("Executing <Task")
+    definition_line = slow_step.__code__.co_firstlineno
+    assert f"(task 'sluggish', coroutine {slow_step.__qualname__}() defined at {__file__}:{definition_line})" in message
+
+
 def test_exception_in_callback_goes_to_the_exception_handler(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append((lp, ctx)))

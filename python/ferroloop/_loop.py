@@ -54,12 +54,28 @@ def _sighandler_noop(signum: int, frame: Any) -> None:
     the signal number to the wakeup fd, which is all the loop needs."""
 
 
+def _step_task(handle: Any) -> Optional[tasks.Task]:
+    """The task whose step this handle runs, if it runs one."""
+    owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+    return owner if isinstance(owner, tasks.Task) else None
+
+
 def _format_handle(handle: Any) -> str:
-    callback = getattr(handle, "_callback", None)
-    owner = getattr(callback, "__self__", None)
-    if isinstance(owner, tasks.Task):
-        return repr(owner)
-    return str(handle)
+    task = _step_task(handle)
+    return repr(task) if task is not None else str(handle)
+
+
+def _slow_callback_culprit(handle: Any) -> str:
+    """Who a slow callback belongs to: the task and where its coroutine is
+    defined, beyond the repr asyncio logs."""
+    task = _step_task(handle)
+    if task is None:
+        return ""
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    defined = f" defined at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    name = getattr(coro, "__qualname__", type(coro).__name__)
+    return f" (task {task.get_name()!r}, coroutine {name}(){defined})"
 
 
 # The native scheduling methods return ferroloop.Handle/TimerHandle, which
@@ -197,7 +213,7 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         self._coroutine_origin_tracking_enabled = enabled
 
     def _log_slow_callback(self, handle: Any, seconds: float) -> None:
-        logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
+        logger.warning("Executing %s took %.3f seconds%s", _format_handle(handle), seconds, _slow_callback_culprit(handle))
 
     # -- stall watchdog ----------------------------------------------------
 
