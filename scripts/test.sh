@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 echo "== installing build and test dependencies"
-"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client 2>&1 | grep -v "Running pip as the 'root' user" || true
 echo "== building and installing ferroloop"
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps . 2>&1 | grep -v "Running pip as the 'root' user" || true
 

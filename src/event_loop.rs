@@ -25,6 +25,7 @@ use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
+use crate::metrics::LoopMetrics;
 
 #[derive(Default)]
 pub struct Schedule {
@@ -51,6 +52,8 @@ pub struct LoopCore {
     /// `_current_handle`, used to add `handle_traceback` to error reports).
     pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
     watchdog: Mutex<Option<Watchdog>>,
+    pub(crate) metrics: Mutex<LoopMetrics>,
+    created_ns: u64,
 }
 
 fn current_thread_ident() -> u64 {
@@ -302,6 +305,8 @@ impl LoopCore {
             task_factory: Mutex::new(None),
             current_handle: Mutex::new(None),
             watchdog: Mutex::new(None),
+            metrics: Mutex::new(LoopMetrics::default()),
+            created_ns: clock::monotonic_ns(),
         })
     }
 
@@ -460,6 +465,24 @@ impl LoopCore {
 
     fn _watchdog_running(&self) -> bool {
         lock(&self.watchdog).is_some()
+    }
+
+    /// The raw metrics: (uptime s, callbacks run, iterations, seconds waited
+    /// in poll, lag p50, lag p99, lag max, lag samples).
+    fn _metrics_snapshot(&self) -> (f64, u64, u64, f64, f64, f64, f64, u64) {
+        let activity = self.activity.snapshot();
+        let metrics = lock(&self.metrics).snapshot();
+        let uptime = clock::monotonic_ns().saturating_sub(self.created_ns) as f64 / 1e9;
+        (
+            uptime,
+            activity.callbacks_started,
+            activity.iterations,
+            metrics.wait_seconds,
+            metrics.lag_p50,
+            metrics.lag_p99,
+            metrics.lag_max,
+            metrics.lag_samples,
+        )
     }
 
     /// (phase, callbacks started, iterations): see `activity.rs`.

@@ -345,6 +345,10 @@ impl TimerHandle {
     fn repr_when(&self) -> Option<f64> {
         Some(self.when)
     }
+
+    pub fn when_value(&self) -> f64 {
+        self.when
+    }
 }
 
 impl TimerItem for Py<TimerHandle> {

@@ -107,8 +107,16 @@ fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyRe
     {
         let mut sched = lock(&this.sched);
         if next_timer.is_some() {
-            let end_time = clock::monotonic() + this.clock_resolution;
-            sched.timers.pop_due(end_time, &mut s.timers);
+            let now = clock::monotonic();
+            sched.timers.pop_due(now + this.clock_resolution, &mut s.timers);
+            if !s.timers.is_empty() {
+                let mut metrics = lock(&this.metrics);
+                for timer in &s.timers {
+                    if !timer.get().core.is_cancelled() {
+                        metrics.record_lag(now - timer.get().when_value());
+                    }
+                }
+            }
             let due = s.timers.drain(..).map(Scheduled::Timer);
             sched.ready.extend(due);
         }
@@ -145,7 +153,10 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
         this.activity.set_phase(PHASE_POLLING);
         let poller = &this.poller;
         let events = &mut s.events;
-        py.detach(move || poller.poll(events, timeout))
+        let started = clock::monotonic_ns();
+        let polled = py.detach(move || poller.poll(events, timeout));
+        lock(&this.metrics).add_wait(clock::monotonic_ns().saturating_sub(started));
+        polled
     };
     match polled {
         Ok(()) => {}

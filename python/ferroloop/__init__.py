@@ -17,12 +17,23 @@ from typing import Any, Coroutine, Optional, TypeVar
 
 from ._native import Handle, TimerHandle, __version__
 from ._loop import Loop
+from ._metrics import openmetrics_text
 from ._policy import EventLoopPolicy
 
 Loop.__module__ = __name__
 EventLoopPolicy.__module__ = __name__
 
-__all__ = ["Loop", "EventLoopPolicy", "Handle", "TimerHandle", "new_event_loop", "install", "run", "__version__"]
+__all__ = [
+    "Loop",
+    "EventLoopPolicy",
+    "Handle",
+    "TimerHandle",
+    "new_event_loop",
+    "install",
+    "run",
+    "openmetrics_text",
+    "__version__",
+]
 
 _T = TypeVar("_T")
 

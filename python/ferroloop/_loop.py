@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-from . import _watchdog
+from . import _metrics, _watchdog
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
@@ -106,6 +106,8 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
         self._stall_reporter: Optional[_watchdog.StallReporter] = None
+        self._run_clock = _metrics.register(self)
+        self._last_metrics: Optional[dict] = None
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper
         if watchdog_threshold is not None:
             self.enable_watchdog(watchdog_threshold)
@@ -141,8 +143,10 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
             )
             events._set_running_loop(self)
             self._install_signal_wakeup()
+            self._run_clock.start()
             self._run_forever_native()
         finally:
+            self._run_clock.stop()
             self._restore_signal_wakeup()
             self._thread_id = None
             events._set_running_loop(None)
@@ -245,6 +249,17 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
     def watchdog_threshold(self) -> Optional[float]:
         """The watchdog's threshold in seconds, or None when it is off."""
         return self._stall_reporter.threshold if self._stall_reporter is not None and self._watchdog_running() else None
+
+    # -- metrics -----------------------------------------------------------
+
+    def metrics(self) -> dict:
+        """The loop's metrics: loop lag (p50, p99, max), utilisation (busy
+        share of running time), callbacks per second (since the previous
+        call), tasks alive, stalls, and transport counters. Safe to call
+        from any thread."""
+        snapshot = _metrics.collect(self, self._last_metrics)
+        self._last_metrics = snapshot
+        return snapshot
 
     # -- exceptions --------------------------------------------------------
 

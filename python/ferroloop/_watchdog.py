@@ -67,6 +67,7 @@ class StallReporter:
         self._loop_ref = weakref.ref(loop)
         self.threshold = threshold
         self.callback = callback
+        self.stalls = 0
         self._stall: Optional[dict] = None
 
     def __call__(self, event: str, seconds: float) -> None:
@@ -76,6 +77,7 @@ class StallReporter:
         if event == "stall":
             record = self._describe_stall(loop, seconds)
             self._stall = record
+            self.stalls += 1
         else:
             record = dict(self._stall or {}, event="stall_end", duration=seconds, reported_at=time.monotonic())
             self._stall = None

@@ -1,0 +1,123 @@
+"""Loop metrics: ``Loop.metrics()`` and OpenMetrics text for Prometheus.
+
+The native loop counts callbacks and iterations, keeps the lateness of its
+recent timers (loop lag) and the time it waited in poll; this module turns
+those into rates, percentiles and a utilisation figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+_live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+_loop_numbers = itertools.count(1)
+
+
+class RunClock:
+    """How long a loop has been running (inside run_forever), in total."""
+
+    def __init__(self) -> None:
+        self.number = next(_loop_numbers)
+        self._accumulated = 0.0
+        self._started: Optional[float] = None
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        if self._started is not None:
+            self._accumulated += time.monotonic() - self._started
+            self._started = None
+
+    def running_seconds(self) -> float:
+        current = time.monotonic() - self._started if self._started is not None else 0.0
+        return self._accumulated + current
+
+
+def register(loop: "Loop") -> RunClock:
+    _live_loops.add(loop)
+    return RunClock()
+
+
+def collect(loop: "Loop", previous: Optional[dict]) -> dict:
+    """The loop's metrics now; rates are over the time since ``previous``."""
+    uptime, callbacks, iterations, waited, lag_p50, lag_p99, lag_max, lag_samples = loop._metrics_snapshot()
+    running = loop._run_clock.running_seconds()
+    busy = max(running - waited, 0.0)
+    reporter = loop._stall_reporter
+    snapshot = {
+        "loop": loop._run_clock.number,
+        "taken_at": time.monotonic(),
+        "uptime_seconds": uptime,
+        "running_seconds_total": running,
+        "busy_seconds_total": busy,
+        "wait_seconds_total": waited,
+        "utilisation_total": busy / running if running > 0 else 0.0,
+        "callbacks_total": callbacks,
+        "iterations_total": iterations,
+        "lag_p50_seconds": lag_p50,
+        "lag_p99_seconds": lag_p99,
+        "lag_max_seconds": lag_max,
+        "lag_samples_total": lag_samples,
+        "tasks_alive": len(asyncio.all_tasks(loop)) if not loop.is_closed() else 0,
+        "stalls_total": reporter.stalls if reporter is not None else 0,
+        # Transports arrive with the networking work; until then these stay 0.
+        "bytes_received_total": 0,
+        "bytes_sent_total": 0,
+        "open_transports": 0,
+    }
+    since = previous or {"taken_at": snapshot["taken_at"] - uptime, "callbacks_total": 0, "running_seconds_total": 0.0, "busy_seconds_total": 0.0}
+    interval = snapshot["taken_at"] - since["taken_at"]
+    ran = running - since["running_seconds_total"]
+    snapshot["callbacks_per_second"] = (callbacks - since["callbacks_total"]) / interval if interval > 0 else 0.0
+    snapshot["utilisation"] = (busy - since["busy_seconds_total"]) / ran if ran > 0 else 0.0
+    return snapshot
+
+
+# (name, type, help, key in the metrics dict) in exposition order.
+_FAMILIES = (
+    ("ferroloop_callbacks", "counter", "Callbacks and task steps the loop has run.", "callbacks_total"),
+    ("ferroloop_iterations", "counter", "Iterations of the event loop.", "iterations_total"),
+    ("ferroloop_busy_seconds", "counter", "Running time spent outside poll.", "busy_seconds_total"),
+    ("ferroloop_wait_seconds", "counter", "Running time spent waiting in poll.", "wait_seconds_total"),
+    ("ferroloop_utilisation_ratio", "gauge", "Busy share of the running time since the loop was created.", "utilisation_total"),
+    ("ferroloop_loop_lag_max_seconds", "gauge", "Latest a timer has fired.", "lag_max_seconds"),
+    ("ferroloop_tasks", "gauge", "Tasks of the loop not yet done.", "tasks_alive"),
+    ("ferroloop_stalls", "counter", "Stalls reported by the watchdog.", "stalls_total"),
+    ("ferroloop_received_bytes", "counter", "Bytes read by the loop's transports.", "bytes_received_total"),
+    ("ferroloop_sent_bytes", "counter", "Bytes written by the loop's transports.", "bytes_sent_total"),
+    ("ferroloop_transports", "gauge", "Open transports.", "open_transports"),
+)
+
+
+def _number(value: Any) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def openmetrics_text(loops: Optional[Iterable["Loop"]] = None) -> str:
+    """OpenMetrics exposition of the given loops (default: every open
+    ferroloop loop of this process). Serving it is up to the caller."""
+    chosen = [lp for lp in (list(_live_loops) if loops is None else loops) if not lp.is_closed()]
+    chosen.sort(key=lambda lp: lp._run_clock.number)
+    snapshots = [collect(lp, None) for lp in chosen]
+    lines = []
+    for name, kind, help_text, key in _FAMILIES:
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"# HELP {name} {help_text}")
+        suffix = "_total" if kind == "counter" else ""
+        for snap in snapshots:
+            lines.append(f'{name}{suffix}{{loop="{snap["loop"]}"}} {_number(snap[key])}')
+    lines.append("# TYPE ferroloop_loop_lag_seconds gauge")
+    lines.append("# HELP ferroloop_loop_lag_seconds How late timers fired, over the loop's last 2048 timers.")
+    for snap in snapshots:
+        for quantile, key in (("0.5", "lag_p50_seconds"), ("0.99", "lag_p99_seconds")):
+            lines.append(f'ferroloop_loop_lag_seconds{{loop="{snap["loop"]}",quantile="{quantile}"}} {_number(snap[key])}')
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
