@@ -38,6 +38,28 @@ _PY312 = sys.version_info >= (3, 12)
 # asyncio's THREAD_JOIN_TIMEOUT for shutdown_default_executor (3.12+).
 _THREAD_JOIN_TIMEOUT = 300
 
+# Frames of each coroutine's creation site recorded while the watchdog is on:
+# the innermost one names the line, a few more say how it was reached.
+_WATCHDOG_ORIGIN_DEPTH = 3
+
+
+def _task_of(context: dict) -> Optional[tasks.Task]:
+    for key in ("task", "future"):
+        candidate = context.get(key)
+        if isinstance(candidate, tasks.Task):
+            return candidate
+    return None
+
+
+def task_creation_site(task: tasks.Task) -> Optional[str]:
+    """Where the task's coroutine was created ("file:line in function"),
+    when coroutine origin tracking recorded it."""
+    origin = getattr(task.get_coro(), "cr_origin", None)
+    if not origin:
+        return None
+    filename, lineno, function = origin[0]
+    return f"{filename}:{lineno} in {function}"
+
 
 def _run_until_complete_cb(fut: futures.Future) -> None:
     if not fut.cancelled():
@@ -103,6 +125,7 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         self._asyncgens_shutdown_called = False
         self._signal_handlers: dict[int, events.Handle] = {}
         self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_depth = 0
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
         self._stall_reporter: Optional[_watchdog.StallReporter] = None
@@ -133,7 +156,7 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
     def run_forever(self) -> None:
         self._check_closed()
         self._check_running()
-        self._set_coroutine_origin_tracking(self.get_debug())
+        self._set_coroutine_origin_tracking(True)
         old_agen_hooks = sys.get_asyncgen_hooks()
         try:
             self._thread_id = threading.get_ident()
@@ -185,6 +208,8 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
             logger.debug("Close %r", self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
+        if self._origin_tracking_depth():
+            self._report_pending_tasks()
         self.disable_watchdog()
         self._close_native()
         self._executor_shutdown_called = True
@@ -203,21 +228,50 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
 
     def set_debug(self, enabled: bool) -> None:
         self._set_debug_flag(bool(enabled))
+        self._refresh_origin_tracking()
+
+    def _refresh_origin_tracking(self) -> None:
+        """Debug mode or the watchdog changed: re-apply origin tracking on
+        the loop's thread (the setting is per thread)."""
         if self.is_running():
-            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, bool(enabled))
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, True)
+
+    def _origin_tracking_depth(self) -> int:
+        """How many frames of each coroutine's creation site to record.
+
+        Task hygiene reports name where a task's coroutine was created, from
+        ``cr_origin``. Recording it costs a little on every coroutine
+        creation, so it is on in debug mode (asyncio's depth) and with the
+        watchdog (the innermost frames only), and otherwise off.
+        """
+        if self.get_debug():
+            return constants.DEBUG_STACK_DEPTH
+        if self._stall_reporter is not None:
+            return _WATCHDOG_ORIGIN_DEPTH
+        return 0
 
     def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
-        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+        depth = self._origin_tracking_depth() if enabled else 0
+        if depth == self._coroutine_origin_tracking_depth:
             return
-        if enabled:
+        if self._coroutine_origin_tracking_depth == 0:
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
-            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
+        if depth:
+            sys.set_coroutine_origin_tracking_depth(depth)
         else:
             sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
-        self._coroutine_origin_tracking_enabled = enabled
+        self._coroutine_origin_tracking_depth = depth
+        self._coroutine_origin_tracking_enabled = depth > 0
 
     def _log_slow_callback(self, handle: Any, seconds: float) -> None:
         logger.warning("Executing %s took %.3f seconds%s", _format_handle(handle), seconds, _slow_callback_culprit(handle))
+
+    def _report_pending_tasks(self) -> None:
+        """Tasks still pending when the loop closes never finish: name them
+        and where they were created (task hygiene, with tracking on)."""
+        for task in tasks.all_tasks(self):
+            site = task_creation_site(task) or "unknown (coroutine origin not recorded)"
+            _watchdog.logger.warning("Task still pending when the loop closed: %r, created at %s", task, site)
 
     # -- stall watchdog ----------------------------------------------------
 
@@ -239,11 +293,14 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         reporter = _watchdog.StallReporter(self, float(threshold), callback)
         self._start_watchdog(float(threshold), reporter)
         self._stall_reporter = reporter
+        self._refresh_origin_tracking()
 
     def disable_watchdog(self) -> None:
         """Stop the stall watchdog (a no-op if it is not running)."""
         self._stop_watchdog()
         self._stall_reporter = None
+        if not self.is_closed():
+            self._refresh_origin_tracking()
 
     @property
     def watchdog_threshold(self) -> Optional[float]:
@@ -293,6 +350,11 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context: dict) -> None:
+        task = _task_of(context)
+        if task is not None and "source_traceback" not in context and "task_created_at" not in context:
+            site = task_creation_site(task)
+            if site is not None:
+                context["task_created_at"] = site
         if self._exception_handler is None:
             try:
                 self.default_exception_handler(context)

@@ -1,0 +1,126 @@
+"""Task hygiene: each pitfall is reported with where the task or coroutine
+was created (file:line), when tracking is on (debug mode or the watchdog)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import warnings
+
+import pytest
+
+
+def line_of(marker: str) -> int:
+    with open(__file__) as source:
+        for number, line in enumerate(source, start=1):
+            if marker in line and "line_of(" not in line:
+                return number
+    raise AssertionError(marker)
+
+
+@pytest.fixture
+def tracked(loop):
+    """Tracking through the watchdog (no debug mode); its threshold is far
+    above anything these tests do."""
+    loop.enable_watchdog(30)
+    contexts: list[dict] = []
+    loop.set_exception_handler(lambda lp, context: contexts.append(context))
+    yield contexts
+    loop.disable_watchdog()
+
+
+async def waits_forever():
+    await asyncio.get_running_loop().create_future()
+
+
+async def fails():
+    raise ValueError("nobody looks at me")
+
+
+def test_task_destroyed_while_pending_names_its_creation_line(loop, tracked):
+    async def main():
+        loop.create_task(waits_forever())  # CREATED PENDING
+        await asyncio.sleep(0.01)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    [context] = [c for c in tracked if c["message"] == "Task was destroyed but it is pending!"]
+    assert context["task_created_at"] == f"{__file__}:{line_of('# CREATED PENDING')} in main"
+
+
+def test_exception_never_retrieved_names_its_creation_line(loop, tracked):
+    async def main():
+        task = loop.create_task(fails())  # CREATED FAILING
+        await asyncio.sleep(0.01)
+        del task
+        gc.collect()
+
+    loop.run_until_complete(main())
+    [context] = [c for c in tracked if c["message"] == "Task exception was never retrieved"]
+    assert isinstance(context["exception"], ValueError)
+    assert context["task_created_at"] == f"{__file__}:{line_of('# CREATED FAILING')} in main"
+
+
+def test_coroutine_never_awaited_names_its_creation_line(loop, tracked):
+    async def helper():
+        pass
+
+    async def main():
+        helper()  # NEVER AWAITED
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop.run_until_complete(main())
+        gc.collect()
+    [warning] = [w for w in caught if "was never awaited" in str(w.message)]
+    assert issubclass(warning.category, RuntimeWarning)
+    message = str(warning.message)
+    assert "Coroutine created at (most recent call last)" in message
+    assert f'File "{__file__}", line {line_of("# NEVER AWAITED")}, in main' in message
+
+
+def test_tasks_pending_at_close_are_reported(loop, tracked, caplog):
+    async def lingering():
+        await asyncio.sleep(30)
+
+    async def main():
+        return loop.create_task(lingering())  # STILL PENDING
+
+    task = loop.run_until_complete(main())
+    with caplog.at_level(logging.WARNING, logger="ferroloop"):
+        loop.close()
+    [message] = [r.getMessage() for r in caplog.records if r.name == "ferroloop"]
+    assert message.startswith("Task still pending when the loop closed: <Task pending")
+    assert message.endswith(f"created at {__file__}:{line_of('# STILL PENDING')} in main")
+    assert not task.done()
+
+
+def test_debug_mode_reports_the_create_task_line(loop):
+    loop.set_debug(True)
+    contexts: list[dict] = []
+    loop.set_exception_handler(lambda lp, context: contexts.append(context))
+
+    async def main():
+        loop.create_task(waits_forever())  # CREATED IN DEBUG
+        await asyncio.sleep(0.01)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
+    creation = context["source_traceback"][-1]
+    assert (creation.filename, creation.lineno) == (__file__, line_of("# CREATED IN DEBUG"))
+
+
+def test_no_tracking_without_debug_or_watchdog(loop):
+    contexts: list[dict] = []
+    loop.set_exception_handler(lambda lp, context: contexts.append(context))
+
+    async def main():
+        loop.create_task(waits_forever())
+        await asyncio.sleep(0.01)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
+    assert "task_created_at" not in context and "source_traceback" not in context
