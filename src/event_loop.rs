@@ -48,6 +48,9 @@ pub struct LoopCore {
     pub(crate) activity: Arc<Activity>,
     pub(crate) clock_resolution: f64,
     task_factory: Mutex<Option<Py<PyAny>>>,
+    /// Called with each task create_task makes, while the live view
+    /// (monitor) is on; None otherwise.
+    task_created_hook: Mutex<Option<Py<PyAny>>>,
     /// The handle being run, kept in debug mode only (asyncio's
     /// `_current_handle`, used to add `handle_traceback` to error reports).
     pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
@@ -303,6 +306,7 @@ impl LoopCore {
             activity: Arc::new(Activity::default()),
             clock_resolution: clock::resolution(),
             task_factory: Mutex::new(None),
+            task_created_hook: Mutex::new(None),
             current_handle: Mutex::new(None),
             watchdog: Mutex::new(None),
             metrics: Mutex::new(LoopMetrics::default()),
@@ -577,7 +581,16 @@ impl LoopCore {
                 task
             }
         };
+        let hook = lock(&this.task_created_hook).as_ref().map(|h| h.bind(py).clone());
+        if let Some(hook) = hook {
+            hook.call1((&task,))?;
+        }
         Ok(task.unbind())
+    }
+
+    fn _set_task_created_hook(&self, hook: Option<Py<PyAny>>) {
+        let previous = std::mem::replace(&mut *lock(&self.task_created_hook), hook);
+        drop(previous);
     }
 
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {

@@ -6,6 +6,7 @@ import argparse
 import os
 import runpy
 import sys
+import time
 from typing import Optional, Sequence
 
 import ferroloop
@@ -14,7 +15,9 @@ import ferroloop
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop",
-        description="Run an asyncio program on the ferroloop event loop.",
+        description="Run an asyncio program on the ferroloop event loop. "
+        "`python -m ferroloop ps PID` / `top PID` show a live process's tasks "
+        "(run it with FERROLOOP_MONITOR=1).",
     )
     parser.add_argument("--version", action="version", version=f"ferroloop {ferroloop.__version__}")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
@@ -23,8 +26,39 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _inspect(command: str, arguments: Sequence[str]) -> None:
+    """``ps PID``: print a live process's tasks; ``top PID``: keep refreshing."""
+    from ferroloop import _monitor
+
+    parser = argparse.ArgumentParser(prog=f"python -m ferroloop {command}")
+    parser.add_argument("pid", type=int, help="process running ferroloop with FERROLOOP_MONITOR set")
+    parser.add_argument("--socket", help="monitor socket path (default: the per-user path for PID)")
+    parser.add_argument("--interval", type=float, default=1.0, help="top: seconds between refreshes")
+    options = parser.parse_args(arguments)
+    try:
+        if command == "ps":
+            print(_monitor.render(_monitor.query(options.pid, "ps", options.socket)))
+            return
+        while True:
+            text = _monitor.render(_monitor.query(options.pid, "top", options.socket), with_metrics=True)
+            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S  ") + text + "\n")
+            sys.stdout.flush()
+            time.sleep(options.interval)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SystemExit(
+            f"python -m ferroloop {command}: no monitor for pid {options.pid} "
+            "(start the program with FERROLOOP_MONITOR=1)"
+        ) from None
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    options = _parse(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if len(arguments) >= 2 and arguments[0] in ("ps", "top") and arguments[1].isdigit():
+        _inspect(arguments[0], arguments[1:])
+        return
+    options = _parse(arguments)
     ferroloop.install()
     if options.module:
         extra = [options.script] if options.script else []

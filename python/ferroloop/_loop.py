@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-from . import _metrics, _watchdog
+from . import _metrics, _monitor, _watchdog
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
@@ -134,6 +134,7 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper
         if watchdog_threshold is not None:
             self.enable_watchdog(watchdog_threshold)
+        _monitor.start_for(self)
 
     def __repr__(self) -> str:
         return (
@@ -306,6 +307,14 @@ class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
     def watchdog_threshold(self) -> Optional[float]:
         """The watchdog's threshold in seconds, or None when it is off."""
         return self._stall_reporter.threshold if self._stall_reporter is not None and self._watchdog_running() else None
+
+    # -- live view ---------------------------------------------------------
+
+    def diagnostics(self) -> dict:
+        """What ``python -m ferroloop ps`` shows for this loop: its tasks
+        (name, state, age, what each awaits and where), metrics, and stall
+        state. Task ages are known while the monitor is on."""
+        return _monitor.diagnostics(self)
 
     # -- metrics -----------------------------------------------------------
 

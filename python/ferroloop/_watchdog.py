@@ -70,6 +70,11 @@ class StallReporter:
         self.stalls = 0
         self._stall: Optional[dict] = None
 
+    @property
+    def current_stall(self) -> Optional[dict]:
+        """The stall being reported right now, if any (for the live view)."""
+        return self._stall
+
     def __call__(self, event: str, seconds: float) -> None:
         loop = self._loop_ref()
         if loop is None:

@@ -1,0 +1,278 @@
+"""The live view: a process's loops and tasks, served on a private Unix socket.
+
+``FERROLOOP_MONITOR=1`` (or a socket path) makes the first ferroloop loop of
+a process start a monitor thread. It answers ``python -m ferroloop ps PID``
+and ``top PID`` with a JSON snapshot of every open loop: its tasks (name,
+state, age, what each awaits and where), its metrics, and whether it is
+stalled. The thread is separate from the loop, so it answers while the loop
+is stuck in a blocking call or in CPU work (the interpreter hands it the GIL
+within its switch interval). The socket lives in a directory only the owning
+user can enter and is itself mode 0600; nothing listens on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+ENV_VARIABLE = "FERROLOOP_MONITOR"
+_REQUEST_LIMIT = 64
+_STALL_PROBE_SECONDS = 0.05
+
+_lock = threading.Lock()
+_server: Optional["MonitorServer"] = None
+_task_created: "weakref.WeakKeyDictionary[asyncio.Task, float]" = weakref.WeakKeyDictionary()
+
+
+def default_socket_path(pid: int) -> str:
+    return os.path.join(f"/tmp/ferroloop-{os.getuid()}", f"{pid}.sock")
+
+
+def requested_path() -> Optional[str]:
+    """The socket path FERROLOOP_MONITOR asks for, or None when it is off."""
+    value = os.environ.get(ENV_VARIABLE, "").strip()
+    if value in ("", "0"):
+        return None
+    if value == "1":
+        return default_socket_path(os.getpid())
+    return value
+
+
+def _private_directory(path: str) -> None:
+    """Create the socket's directory for this user only, or check that an
+    existing one is ours and closed to others."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise PermissionError(
+                f"ferroloop monitor: {directory} must be a directory owned by uid {os.getuid()} "
+                "and closed to group and others"
+            ) from None
+
+
+def note_task_created(task: asyncio.Task) -> None:
+    _task_created[task] = time.monotonic()
+
+
+def start_for(loop: "Loop") -> None:
+    """Start the process's monitor if FERROLOOP_MONITOR asks for one, and
+    track the loop's task creation times for it."""
+    path = requested_path()
+    if path is None:
+        return
+    loop._set_task_created_hook(note_task_created)
+    global _server
+    with _lock:
+        if _server is None:
+            _server = MonitorServer(path)
+            _server.start()
+
+
+class MonitorServer:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _private_directory(path)
+        if os.path.exists(path):
+            os.unlink(path)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        previous_umask = os.umask(0o177)  # the socket is created 0600
+        try:
+            self._socket.bind(path)
+        finally:
+            os.umask(previous_umask)
+        self._socket.listen(8)
+        self._thread = threading.Thread(target=self._serve, name="ferroloop-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            with connection:
+                try:
+                    connection.settimeout(5)
+                    request = connection.recv(_REQUEST_LIMIT).decode("ascii", "replace").strip()
+                    connection.sendall(json.dumps(respond(request)).encode() + b"\n")
+                except OSError:
+                    continue
+
+
+def respond(request: str) -> dict:
+    if request not in ("ps", "top"):
+        return {"error": f"unknown request {request!r}; expected 'ps' or 'top'"}
+    from ._metrics import _live_loops
+
+    loops = sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+    before = {id(lp): lp._activity() for lp in loops}
+    time.sleep(_STALL_PROBE_SECONDS)
+    return {"pid": os.getpid(), "loops": [diagnostics(lp, before.get(id(lp))) for lp in loops]}
+
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+
+
+def _await_chain(coro: Any) -> list[Any]:
+    """The coroutine and everything it awaits, outermost first."""
+    chain = [coro]
+    for _ in range(100):  # a guard against pathological await chains
+        inner = getattr(chain[-1], "cr_await", None) or getattr(chain[-1], "gi_yieldfrom", None)
+        if inner is None:
+            break
+        chain.append(inner)
+    return chain
+
+
+def _code_of(awaitable: Any) -> Any:
+    return getattr(awaitable, "cr_code", None) or getattr(awaitable, "gi_code", None)
+
+
+def _where(chain: list[Any]) -> Optional[str]:
+    """The line the task is suspended at, in the deepest coroutine that is
+    not asyncio's own (``await asyncio.sleep(1)``, not the inside of sleep)."""
+    where = None
+    for awaitable in chain:
+        code = _code_of(awaitable)
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if code is None or frame is None:
+            continue
+        if where is None or not code.co_filename.startswith(_ASYNCIO_DIR):
+            where = f"{code.co_filename}:{frame.f_lineno}"
+    return where
+
+
+def _awaiting(task: asyncio.Task, chain: list[Any]) -> str:
+    waiter = getattr(task, "_fut_waiter", None)
+    if isinstance(waiter, asyncio.Task):
+        return f"task {waiter.get_name()!r}"
+    # Name the first of asyncio's own coroutines in the chain (sleep(),
+    # wait_for()...), which says more than the future it ends in.
+    for awaitable in chain[1:]:
+        code = _code_of(awaitable)
+        if code is not None and code.co_filename.startswith(_ASYNCIO_DIR):
+            return f"{getattr(awaitable, '__qualname__', code.co_name)}()"
+    if waiter is not None:
+        return "future"
+    inner = chain[-1]
+    return f"{getattr(inner, '__qualname__', type(inner).__name__)}()" if len(chain) > 1 else "-"
+
+
+def describe_task(task: asyncio.Task, running: Optional[asyncio.Task], now: float) -> dict:
+    coro = task.get_coro()
+    chain = _await_chain(coro)
+    created = _task_created.get(task)
+    if task is running:
+        state = "running"
+    elif task.done():
+        state = "done"
+    else:
+        state = "pending"
+    return {
+        "name": task.get_name(),
+        "state": state,
+        "age": now - created if created is not None else None,
+        "coroutine": getattr(coro, "__qualname__", type(coro).__name__),
+        "awaiting": _awaiting(task, chain) if state == "pending" else None,
+        "where": _where(chain),
+    }
+
+
+def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] = None) -> dict:
+    """The loop's state, as the live view shows it. ``earlier_activity`` is
+    an ``_activity()`` sample taken a moment before, to tell a stall."""
+    now = time.monotonic()
+    running_task = asyncio.current_task(loop) if loop.is_running() else None
+    tasks = [describe_task(t, running_task, now) for t in asyncio.all_tasks(loop)]
+    tasks.sort(key=lambda t: (t["state"] != "running", -(t["age"] or 0)))
+    phase, callbacks, _ = loop._activity()
+    stalled = (
+        earlier_activity is not None
+        and earlier_activity[0] == phase == 2
+        and earlier_activity[1] == callbacks
+    )
+    reporter = loop._stall_reporter
+    stall = reporter.current_stall if reporter is not None else None
+    if stall is not None:
+        # The record was made when the stall crossed the threshold; it has
+        # gone on since.
+        stall = dict(stall, duration=stall["duration"] + now - stall["reported_at"])
+    return {
+        "loop": loop._run_clock.number,
+        "running": loop.is_running(),
+        "stalled": stalled or stall is not None,
+        "stall": stall,
+        "metrics": loop.metrics(),
+        "tasks": tasks,
+    }
+
+
+def query(pid: int, request: str = "ps", path: Optional[str] = None, timeout: float = 5.0) -> dict:
+    """Ask the monitor of process ``pid`` for its state."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(path or default_socket_path(pid))
+        client.sendall(request.encode() + b"\n")
+        chunks = []
+        while True:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.1f}m"
+
+
+def render(state: dict, with_metrics: bool = False) -> str:
+    """The ps/top text of a monitor snapshot."""
+    lines = []
+    for loop in state.get("loops", []):
+        status = "STALLED" if loop["stalled"] else ("running" if loop["running"] else "idle")
+        lines.append(f"pid {state['pid']}  loop {loop['loop']}  {status}  tasks {len(loop['tasks'])}")
+        stall = loop.get("stall")
+        if stall:
+            lines.append(
+                f"  stalled for {stall.get('duration', 0):.3f}s in task {stall.get('task')!r} "
+                f"({stall.get('coroutine')} at {stall.get('coroutine_location')})"
+            )
+        if with_metrics:
+            m = loop["metrics"]
+            lines.append(
+                f"  lag p50 {m['lag_p50_seconds'] * 1e3:.2f} ms  p99 {m['lag_p99_seconds'] * 1e3:.2f} ms"
+                f"  max {m['lag_max_seconds'] * 1e3:.2f} ms  utilisation {m['utilisation_total']:.0%}"
+                f"  callbacks/s {m['callbacks_per_second']:,.0f}  stalls {m['stalls_total']}"
+            )
+        header = ("NAME", "STATE", "AGE", "AWAITING", "WHERE")
+        rows = [
+            (t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")
+            for t in loop["tasks"]
+        ]
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+        for row in [header, *rows]:
+            cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
+            lines.append("  " + "  ".join([*cells, str(row[-1])]))
+    if not lines:
+        lines.append(f"pid {state.get('pid')}: no open ferroloop loop")
+    return "\n".join(lines)
