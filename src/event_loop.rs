@@ -224,12 +224,27 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
+        Self::enqueue(slf, callback, args, context, "call_soon", true)
+    }
+
+    /// Appends a handle to the ready queue. `thread_bound` methods are
+    /// checked against the loop's thread in debug mode (the threadsafe one
+    /// is not).
+    #[inline(always)]
+    fn enqueue(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+        thread_bound: bool,
+    ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_closed()?;
-        if this.debug_enabled() {
+        if thread_bound && this.debug_enabled() {
             this.check_thread()?;
         }
-        this.check_callback(&callback, "call_soon")?;
+        this.check_callback(&callback, method)?;
         let core = this.handle_core(slf, callback, args, context)?;
         let handle = Py::new(slf.py(), Handle { core })?;
         lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
@@ -340,13 +355,8 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let this = slf.get();
-        this.check_closed()?;
-        this.check_callback(&callback, "call_soon_threadsafe")?;
-        let core = this.handle_core(slf, callback, args, context)?;
-        let handle = Py::new(slf.py(), Handle { core })?;
-        lock(&this.sched).ready.push_back(Scheduled::Plain(handle.clone_ref(slf.py())));
-        this.poller.wake()?;
+        let handle = Self::enqueue(slf, callback, args, context, "call_soon_threadsafe", false)?;
+        slf.get().poller.wake()?;
         Ok(handle)
     }
 

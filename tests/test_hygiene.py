@@ -11,14 +11,6 @@ import warnings
 import pytest
 
 
-def line_of(marker: str) -> int:
-    with open(__file__) as source:
-        for number, line in enumerate(source, start=1):
-            if marker in line and "line_of(" not in line:
-                return number
-    raise AssertionError(marker)
-
-
 @pytest.fixture
 def tracked(loop):
     """Tracking through the watchdog (no debug mode); its threshold is far
@@ -38,7 +30,7 @@ async def fails():
     raise ValueError("nobody looks at me")
 
 
-def test_task_destroyed_while_pending_names_its_creation_line(loop, tracked):
+def test_task_destroyed_while_pending_names_its_creation_line(loop, tracked, line_of):
     async def main():
         loop.create_task(waits_forever())  # CREATED PENDING
         await asyncio.sleep(0.01)
@@ -49,7 +41,7 @@ def test_task_destroyed_while_pending_names_its_creation_line(loop, tracked):
     assert context["task_created_at"] == f"{__file__}:{line_of('# CREATED PENDING')} in main"
 
 
-def test_exception_never_retrieved_names_its_creation_line(loop, tracked):
+def test_exception_never_retrieved_names_its_creation_line(loop, tracked, line_of):
     async def main():
         task = loop.create_task(fails())  # CREATED FAILING
         await asyncio.sleep(0.01)
@@ -62,7 +54,7 @@ def test_exception_never_retrieved_names_its_creation_line(loop, tracked):
     assert context["task_created_at"] == f"{__file__}:{line_of('# CREATED FAILING')} in main"
 
 
-def test_coroutine_never_awaited_names_its_creation_line(loop, tracked):
+def test_coroutine_never_awaited_names_its_creation_line(loop, tracked, line_of):
     async def helper():
         pass
 
@@ -80,7 +72,7 @@ def test_coroutine_never_awaited_names_its_creation_line(loop, tracked):
     assert f'File "{__file__}", line {line_of("# NEVER AWAITED")}, in main' in message
 
 
-def test_tasks_pending_at_close_are_reported(loop, tracked, caplog):
+def test_tasks_pending_at_close_are_reported(loop, tracked, caplog, line_of):
     async def lingering():
         await asyncio.sleep(30)
 
@@ -96,7 +88,7 @@ def test_tasks_pending_at_close_are_reported(loop, tracked, caplog):
     assert not task.done()
 
 
-def test_debug_mode_reports_the_create_task_line(loop):
+def test_debug_mode_reports_the_create_task_line(loop, line_of):
     loop.set_debug(True)
     contexts: list[dict] = []
     loop.set_exception_handler(lambda lp, context: contexts.append(context))

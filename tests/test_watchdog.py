@@ -25,14 +25,6 @@ def cpu_work(seconds: float) -> int:
     return spins
 
 
-def line_of(marker: str) -> int:
-    with open(__file__) as source:
-        for number, line in enumerate(source, start=1):
-            if marker in line and "line_of(" not in line:
-                return number
-    raise AssertionError(marker)
-
-
 @pytest.fixture
 def records(loop):
     collected: list[dict] = []
@@ -41,7 +33,7 @@ def records(loop):
     loop.disable_watchdog()
 
 
-def test_blocking_call_is_reported_while_it_blocks(loop, records):
+def test_blocking_call_is_reported_while_it_blocks(loop, records, line_of):
     finished = {}
 
     async def fetch_page():
@@ -65,7 +57,7 @@ def test_blocking_call_is_reported_while_it_blocks(loop, records):
     assert end["task"] == "fetcher"
 
 
-def test_cpu_bound_work_is_reported_with_the_busy_line(loop, records):
+def test_cpu_bound_work_is_reported_with_the_busy_line(loop, records, line_of):
     finished = {}
 
     async def crunch():

@@ -33,11 +33,6 @@ from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_so
 
 logger = logging.getLogger("asyncio")
 
-_PY312 = sys.version_info >= (3, 12)
-
-# asyncio's THREAD_JOIN_TIMEOUT for shutdown_default_executor (3.12+).
-_THREAD_JOIN_TIMEOUT = 300
-
 # Frames of each coroutine's creation site recorded while the watchdog is on:
 # the innermost one names the line, a few more say how it was reached.
 _WATCHDOG_ORIGIN_DEPTH = 3
