@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
-ALL_LOOPS = ("asyncio", "uvloop", "ferroloop", "ferroloop-watchdog")
-# ferroloop-watchdog (ferroloop with its stall watchdog on) is opt-in:
-# `--loops ferroloop,ferroloop-watchdog` measures the watchdog's overhead.
+ALL_LOOPS = ("asyncio", "uvloop", "ferroloop", "ferroloop-watchdog", "ferroloop-watchdog-notrack")
+# ferroloop-watchdog (ferroloop with its stall watchdog on, tracking task
+# creation sites as it does by default) and ferroloop-watchdog-notrack (the
+# sampling thread alone) are opt-in: `--loops ferroloop,ferroloop-watchdog,
+# ferroloop-watchdog-notrack` measures the watchdog's overhead.
 DEFAULT_LOOPS = ("asyncio", "uvloop", "ferroloop")
-WATCHED = "ferroloop-watchdog"
+WATCHED = ("ferroloop-watchdog", "ferroloop-watchdog-notrack")
 ALL_BENCHMARKS = ("call_soon", "timers", "tasks")
 BASELINE = "uvloop"
 CANDIDATE = "ferroloop"
@@ -318,17 +320,18 @@ def target_row(results: Results, benchmark: str) -> list[str] | None:
 def watchdog_table(results: Results, benchmarks: Sequence[str]) -> str | None:
     """The stall watchdog's cost: ferroloop with it on, relative to off."""
     rows = []
-    for benchmark in benchmarks:
-        on, off = results.get((WATCHED, benchmark)), results.get((CANDIDATE, benchmark))
-        if on is None or off is None:
-            continue
-        ir = "n/a"
-        if on.ir_per_op is not None and off.ir_per_op:
-            ir = f"{on.ir_per_op / off.ir_per_op:.3f}×"
-        rows.append([benchmark, f"{on.cpu_us_per_op / off.cpu_us_per_op:.3f}×", ir])
+    for variant in WATCHED:
+        for benchmark in benchmarks:
+            on, off = results.get((variant, benchmark)), results.get((CANDIDATE, benchmark))
+            if on is None or off is None:
+                continue
+            ir = "n/a"
+            if on.ir_per_op is not None and off.ir_per_op:
+                ir = f"{on.ir_per_op / off.ir_per_op:.3f}×"
+            rows.append([variant, benchmark, f"{on.cpu_us_per_op / off.cpu_us_per_op:.3f}×", ir])
     if not rows:
         return None
-    return markdown_table(["benchmark", "CPU µs/op, on/off", "instr/op, on/off"], rows, left=1)
+    return markdown_table(["loop", "benchmark", "CPU µs/op, on/off", "instr/op, on/off"], rows, left=2)
 
 
 def environment_line(
@@ -387,7 +390,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=csv_choice(ALL_LOOPS),
         default=list(DEFAULT_LOOPS),
         help="comma-separated loops (default: asyncio,uvloop,ferroloop; add "
-        "ferroloop-watchdog for the watchdog's overhead; unavailable ones are skipped)",
+        "ferroloop-watchdog(-notrack) for the watchdog's overhead; unavailable ones are skipped)",
     )
     parser.add_argument(
         "--benchmarks",
@@ -462,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     watchdog = watchdog_table(results, args.benchmarks)
     if watchdog:
         print()
-        print(f"Stall watchdog overhead ({WATCHED} against {CANDIDATE}, same run)")
+        print(f"Stall watchdog overhead (against {CANDIDATE}, same run)")
         print()
         print(watchdog)
     if args.json:

@@ -116,3 +116,24 @@ def test_no_tracking_without_debug_or_watchdog(loop):
     loop.run_until_complete(main())
     [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
     assert "task_created_at" not in context and "source_traceback" not in context
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_watchdog_can_run_without_tracking(loop, how, monkeypatch):
+    if how == "argument":
+        loop.enable_watchdog(30, track_tasks=False)
+    else:
+        monkeypatch.setenv("FERROLOOP_TRACK_TASKS", "0")
+        loop.enable_watchdog(30)
+    contexts: list[dict] = []
+    loop.set_exception_handler(lambda lp, context: contexts.append(context))
+
+    async def main():
+        loop.create_task(waits_forever())
+        await asyncio.sleep(0.01)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
+    assert "task_created_at" not in context
+    assert loop.watchdog_threshold == 30

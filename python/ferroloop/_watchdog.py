@@ -23,6 +23,7 @@ logger = logging.getLogger("ferroloop")
 StallCallback = Callable[[dict], None]
 
 ENV_VARIABLE = "FERROLOOP_WATCHDOG"
+TRACK_TASKS_VARIABLE = "FERROLOOP_TRACK_TASKS"
 
 _LOOP_FILE = os.path.join(os.path.dirname(__file__), "_loop.py")
 
@@ -39,6 +40,12 @@ def threshold_from_environment() -> Optional[float]:
     if not milliseconds > 0:
         raise ValueError(f"{ENV_VARIABLE} must be a positive number of milliseconds, got {value!r}")
     return milliseconds / 1000
+
+
+def track_tasks_from_environment() -> bool:
+    """Task creation sites are tracked with the watchdog unless
+    ``FERROLOOP_TRACK_TASKS=0``."""
+    return os.environ.get(TRACK_TASKS_VARIABLE, "1").strip() != "0"
 
 
 def _callback_frames(frame: Any) -> traceback.StackSummary:
@@ -63,10 +70,17 @@ def _coroutine_location(coro: Any) -> Optional[str]:
 class StallReporter:
     """Turns the watchdog's events into records, log lines and callbacks."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, callback: Optional[StallCallback]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        threshold: float,
+        callback: Optional[StallCallback],
+        track_tasks: bool = True,
+    ) -> None:
         self._loop_ref = weakref.ref(loop)
         self.threshold = threshold
         self.callback = callback
+        self.track_tasks = track_tasks
         self.stalls = 0
         self._stall: Optional[dict] = None
 
