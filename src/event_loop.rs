@@ -538,6 +538,29 @@ impl LoopCore {
         Self::add_watch(slf, &fd, Direction::Write, callback, args).map(drop)
     }
 
+    /// add_reader that returns the handle, for the loop's own I/O waits
+    /// (asyncio's `_add_reader`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Read, callback, args)
+    }
+
+    /// add_writer that returns the handle (asyncio's `_add_writer`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_watch(slf, &fd, Direction::Write, callback, args)
+    }
+
     fn remove_reader(slf: &Bound<'_, Self>, fd: Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_watch(slf, &fd, Direction::Read)
     }

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 from . import _metrics, _monitor, _watchdog
+from ._sockets import SocketMethods
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
 logger = logging.getLogger("asyncio")
@@ -98,7 +99,7 @@ def _slow_callback_culprit(handle: Any) -> str:
 
 # The native scheduling methods return ferroloop.Handle/TimerHandle, which
 # typeshed's AbstractEventLoop types as asyncio.Handle/TimerHandle.
-class Loop(LoopCore, events.AbstractEventLoop):  # type: ignore[misc]
+class Loop(LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop implemented in Rust."""
 
     # The same methods as LoopCore's, through leaner native entry points

@@ -1,0 +1,206 @@
+"""loop.sock_*: the low-level socket API, on loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+
+import pytest
+
+
+def nonblocking(sock: socket.socket) -> socket.socket:
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield nonblocking(a), nonblocking(b)
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def listener():
+    server = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server
+    server.close()
+
+
+def test_recv_takes_the_fast_path_when_data_is_there(loop, pair):
+    a, b = pair
+    b.send(b"ready")
+    assert loop.run_until_complete(loop.sock_recv(a, 100)) == b"ready"
+    assert loop.remove_reader(a) is False  # never registered
+
+
+def test_recv_waits_for_data(loop, pair):
+    a, b = pair
+
+    async def main():
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+        await loop.sock_sendall(b, b"later")
+        return await pending
+
+    assert loop.run_until_complete(main()) == b"later"
+    assert loop.remove_reader(a) is False  # the registration ended with the call
+
+
+def test_recv_into_and_recvfrom_into(loop, pair):
+    a, b = pair
+    buf = bytearray(8)
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recv_into(a, buf))
+        await asyncio.sleep(0)
+        await loop.sock_sendall(b, b"abc")
+        return await waiting
+
+    assert loop.run_until_complete(main()) == 3
+    assert bytes(buf[:3]) == b"abc"
+
+
+def test_sendall_moves_large_data_intact(loop, pair):
+    a, b = pair
+    payload = os.urandom(8 * 1024 * 1024)
+
+    async def reader():
+        chunks = []
+        received = 0
+        while received < len(payload):
+            chunk = await loop.sock_recv(b, 65536)
+            assert chunk
+            chunks.append(chunk)
+            received += len(chunk)
+        return b"".join(chunks)
+
+    async def main():
+        receiving = asyncio.ensure_future(reader())
+        await loop.sock_sendall(a, payload)
+        return await receiving
+
+    received = loop.run_until_complete(main())
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+def test_connect_and_accept(loop, listener):
+    address = listener.getsockname()
+
+    async def main():
+        client = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        accepting = asyncio.ensure_future(loop.sock_accept(listener))
+        await loop.sock_connect(client, address)
+        conn, peer = await accepting
+        assert conn.gettimeout() == 0  # accepted sockets are non-blocking
+        assert peer == client.getsockname()
+        await loop.sock_sendall(client, b"ping")
+        data = await loop.sock_recv(conn, 10)
+        conn.close()
+        client.close()
+        return data
+
+    assert loop.run_until_complete(main()) == b"ping"
+
+
+def test_connect_resolves_host_names(loop, listener):
+    port = listener.getsockname()[1]
+
+    async def main():
+        client = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        await loop.sock_connect(client, ("localhost", port))
+        peer = client.getpeername()
+        client.close()
+        return peer
+
+    assert loop.run_until_complete(main()) == ("127.0.0.1", port)
+
+
+def test_connect_refused_raises_connection_refused(loop):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens on this port now
+    client = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    with pytest.raises(ConnectionRefusedError):
+        loop.run_until_complete(loop.sock_connect(client, ("127.0.0.1", port)))
+    client.close()
+
+
+def test_udp_sendto_and_recvfrom(loop):
+    receiver = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    receiver.bind(("127.0.0.1", 0))
+    sender = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    sender.bind(("127.0.0.1", 0))
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recvfrom(receiver, 100))
+        await asyncio.sleep(0)
+        sent = await loop.sock_sendto(sender, b"datagram", receiver.getsockname())
+        data, address = await waiting
+        buf = bytearray(16)
+        await loop.sock_sendto(sender, b"into", receiver.getsockname())
+        nbytes, _ = await loop.sock_recvfrom_into(receiver, buf)
+        return sent, data, address, bytes(buf[:nbytes])
+
+    sent, data, address, into = loop.run_until_complete(main())
+    assert (sent, data, into) == (8, b"datagram", b"into")
+    assert address == sender.getsockname()
+    receiver.close()
+    sender.close()
+
+
+def test_cancelled_recv_releases_the_socket(loop, pair):
+    a, _ = pair
+
+    async def main():
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+
+    loop.run_until_complete(main())
+    assert loop.remove_reader(a) is False
+
+
+def test_blocking_socket_is_refused(loop):
+    a, b = socket.socketpair()
+    with pytest.raises(ValueError, match="the socket must be non-blocking"):
+        loop.run_until_complete(loop.sock_recv(a, 10))
+    a.close()
+    b.close()
+
+
+def test_ssl_socket_is_refused(loop):
+    context = ssl.create_default_context()
+    raw = socket.socket()
+    wrapped = context.wrap_socket(raw, server_hostname="example.invalid", do_handshake_on_connect=False)
+    with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
+        loop.run_until_complete(loop.sock_recv(wrapped, 10))
+    wrapped.close()
+
+
+def test_closed_socket_raises_os_error(loop, pair):
+    a, _ = pair
+    a.close()
+    with pytest.raises(OSError):
+        loop.run_until_complete(loop.sock_recv(a, 10))
+
+
+def test_peer_reset_mid_write_raises(loop, pair):
+    a, b = pair
+    b.close()
+
+    async def main():
+        await loop.sock_sendall(a, b"x" * (4 * 1024 * 1024))
+
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        loop.run_until_complete(main())
