@@ -32,6 +32,7 @@ def test_run_returns_result_and_honours_debug():
     assert ferroloop.run(main(), debug=True) == (ferroloop.Loop, True)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is new in Python 3.11")
 def test_asyncio_runner_with_loop_factory():
     async def main():
         return type(asyncio.get_running_loop())

@@ -7,6 +7,7 @@ import concurrent.futures
 import contextvars
 import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -28,6 +29,13 @@ def test_create_task_returns_a_real_task_with_name_and_context(loop):
     async def read_var():
         return var.get()
 
+    if sys.version_info < (3, 11):
+        # Tasks gained their context parameter in 3.11, as create_task did.
+        coro = read_var()
+        with pytest.raises(TypeError):
+            loop.create_task(coro, name="reader", context=ctx)
+        coro.close()
+        return
     task = loop.create_task(read_var(), name="reader", context=ctx)
     assert isinstance(task, asyncio.Task)
     assert task.get_name() == "reader"

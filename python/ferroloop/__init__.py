@@ -81,6 +81,8 @@ def run(
     policy._loop_factory = loop_factory  # type: ignore[method-assign]
     _asyncio.set_event_loop_policy(policy)
     try:
-        return _asyncio.run(main, debug=bool(debug), **run_kwargs)
+        # asyncio.run leaves the debug setting alone when debug is None (so
+        # PYTHONASYNCIODEBUG and -X dev apply).
+        return _asyncio.run(main, debug=debug, **run_kwargs)  # type: ignore[arg-type]
     finally:
         _asyncio.set_event_loop_policy(previous)
