@@ -460,3 +460,22 @@ def test_scheduling_parameters_can_be_passed_by_keyword(loop):
     loop.call_later(0.02, loop.stop)
     loop.run_forever()
     assert calls == ["soon", "at", "later"]
+
+
+def test_exception_handler_context_follows_asyncio_version(loop):
+    """From 3.12 on, asyncio runs a custom exception handler in the failing
+    callback's context (gh-96704); 3.10 and 3.11 run it in the loop's."""
+    name = contextvars.ContextVar("name", default="loop")
+    seen = []
+    loop.set_exception_handler(lambda lp, context: seen.append(name.get()))
+
+    def callback():
+        name.set("callback")
+        raise ZeroDivisionError
+
+    loop.call_soon(callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    import sys
+
+    assert seen == (["callback"] if sys.version_info >= (3, 12) else ["loop"])

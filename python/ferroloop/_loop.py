@@ -40,6 +40,22 @@ logger = logging.getLogger("asyncio")
 _WATCHDOG_ORIGIN_DEPTH = 1
 
 
+# From 3.12 on, asyncio runs a custom exception handler in the context of the
+# failing task, future or handle (gh-96704).
+_HANDLER_RUNS_IN_CONTEXT = sys.version_info >= (3, 12)
+
+
+def _handler_context(context: dict) -> Any:
+    """The contextvars.Context of what failed: its task, future or handle."""
+    for key in ("task", "future", "handle"):
+        thing = context.get(key)
+        if thing is not None:
+            get_context = getattr(thing, "get_context", None)
+            found = get_context() if get_context is not None else None
+            return found if hasattr(found, "run") else None
+    return None
+
+
 def _task_of(context: dict) -> Optional[tasks.Task]:
     for key in ("task", "future"):
         candidate = context.get(key)
@@ -383,7 +399,11 @@ class Loop(LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[m
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            self._exception_handler(self, context)
+            handler_context = _handler_context(context) if _HANDLER_RUNS_IN_CONTEXT else None
+            if handler_context is not None:
+                handler_context.run(self._exception_handler, self, context)
+            else:
+                self._exception_handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
