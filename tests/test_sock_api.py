@@ -204,3 +204,103 @@ def test_peer_reset_mid_write_raises(loop, pair):
 
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
         loop.run_until_complete(main())
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    path = tmp_path / "payload.bin"
+    path.write_bytes(payload)
+    with open(path, "rb") as file:
+        yield file, payload
+
+
+def _receive_all(loop, sock, expected_length):
+    async def reader():
+        chunks, received = [], 0
+        while received < expected_length:
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+        return b"".join(chunks)
+
+    return reader()
+
+
+@pytest.mark.parametrize("fallback_only", [False, True])
+def test_sock_sendfile_sends_the_file_and_moves_its_position(loop, pair, data_file, fallback_only):
+    a, b = pair
+    file, payload = data_file
+    source = file if not fallback_only else __import__("io").BytesIO(payload)
+
+    async def main():
+        receiving = asyncio.ensure_future(_receive_all(loop, b, len(payload)))
+        sent = await loop.sock_sendfile(a, source)
+        return sent, await receiving
+
+    sent, received = loop.run_until_complete(main())
+    assert sent == len(payload)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    assert source.tell() == len(payload)
+
+
+def test_sock_sendfile_with_offset_and_count(loop, pair, data_file):
+    a, b = pair
+    file, payload = data_file
+
+    async def main():
+        receiving = asyncio.ensure_future(_receive_all(loop, b, 1000))
+        sent = await loop.sock_sendfile(a, file, offset=5000, count=1000)
+        return sent, await receiving
+
+    sent, received = loop.run_until_complete(main())
+    assert (sent, received) == (1000, payload[5000:6000])
+    assert file.tell() == 6000
+
+
+def test_sock_sendfile_without_fallback_refuses_non_files(loop, pair):
+    a, _ = pair
+    import io
+
+    with pytest.raises(asyncio.SendfileNotAvailableError):
+        loop.run_until_complete(loop.sock_sendfile(a, io.BytesIO(b"data"), fallback=False))
+
+
+def test_sock_sendfile_of_an_empty_file_sends_nothing(loop, pair, tmp_path):
+    a, _ = pair
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with open(empty, "rb") as file:
+        assert loop.run_until_complete(loop.sock_sendfile(a, file)) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"count": 0}, ValueError, r"count must be a positive integer \(got 0\)"),
+        ({"count": "1"}, TypeError, r"count must be a positive integer \(got '1'\)"),
+        ({"offset": -1}, ValueError, r"offset must be a non-negative integer \(got -1\)"),
+        ({"offset": 1.5}, TypeError, r"offset must be a non-negative integer \(got 1.5\)"),
+    ],
+)
+def test_sock_sendfile_parameter_errors(loop, pair, data_file, kwargs, error, message):
+    a, _ = pair
+    file, _ = data_file
+    with pytest.raises(error, match=message):
+        loop.run_until_complete(loop.sock_sendfile(a, file, **kwargs))
+
+
+def test_sock_sendfile_refuses_text_files_and_datagram_sockets(loop, pair, tmp_path):
+    a, _ = pair
+    text = tmp_path / "text.txt"
+    text.write_text("hello")
+    with open(text) as file:
+        with pytest.raises(ValueError, match="file should be opened in binary mode"):
+            loop.run_until_complete(loop.sock_sendfile(a, file))
+    udp = nonblocking(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with open(text, "rb") as file:
+        with pytest.raises(ValueError, match="only SOCK_STREAM type sockets are supported"):
+            loop.run_until_complete(loop.sock_sendfile(udp, file))
+    udp.close()

@@ -7,8 +7,12 @@ dropped as soon as the operation completes or is cancelled.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from asyncio import exceptions
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 try:
     import ssl
@@ -68,7 +72,7 @@ def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[[
     return fut
 
 
-async def io(loop: "Loop", sock: socket.socket, writing: bool, operation: Callable[..., Any], *args: Any) -> Any:
+async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, operation: Callable[..., Any], *args: Any) -> Any:
     """``operation(*args)`` now, or when the socket is ready if it would block."""
     check_socket(loop, sock)
     try:
@@ -148,6 +152,111 @@ async def connect(loop: "Loop", sock: socket.socket, address: Any) -> None:
     await wait_for(loop, sock, True, connected)
 
 
+# asyncio's SENDFILE_FALLBACK_READBUFFER_SIZE.
+_SENDFILE_COPY_BLOCK = 256 * 1024
+
+
+def check_sendfile_params(sock: socket.socket, file: Any, offset: Any, count: Any) -> None:
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError("only SOCK_STREAM type sockets are supported")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
+async def _writable(loop: "Loop", sock: socket.socket) -> None:
+    await wait_for(loop, sock, True, lambda fut: fut.set_result(None))
+
+
+async def _sendfile_zero_copy(loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
+    """os.sendfile from the file to the socket, without copying through
+    Python; SendfileNotAvailableError when the file or socket can't do it."""
+    if not hasattr(os, "sendfile"):
+        raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
+    try:
+        fileno = file.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        raise exceptions.SendfileNotAvailableError("not a regular file") from None
+    try:
+        size = os.fstat(fileno).st_size
+    except OSError:
+        raise exceptions.SendfileNotAvailableError("not a regular file") from None
+    blocksize = count if count else size
+    if not blocksize:
+        return 0  # an empty file
+    total = 0
+    try:
+        while not count or total < count:
+            if count:
+                blocksize = count - total
+            try:
+                sent = os.sendfile(sock.fileno(), fileno, offset + total, blocksize)
+            except _WOULD_BLOCK:
+                await _writable(loop, sock)
+                continue
+            except OSError as exc:
+                if total == 0:
+                    # Typically a file sendfile can't read (not mmap-able):
+                    # the caller falls back to plain sends.
+                    raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
+                if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                    raise ConnectionError("socket is not connected", errno.ENOTCONN) from exc
+                raise
+            if sent == 0:
+                break  # end of file
+            total += sent
+        return total
+    finally:
+        if total > 0:
+            os.lseek(fileno, offset + total, os.SEEK_SET)
+
+
+async def _sendfile_by_copy(loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
+    """Read blocks in the default executor and send them with sock_sendall."""
+    if offset:
+        file.seek(offset)
+    blocksize = min(count, _SENDFILE_COPY_BLOCK) if count else _SENDFILE_COPY_BLOCK
+    buffer = bytearray(blocksize)
+    total = 0
+    try:
+        while True:
+            if count:
+                blocksize = min(count - total, blocksize)
+                if blocksize <= 0:
+                    break
+            view = memoryview(buffer)[:blocksize]
+            read = await loop.run_in_executor(None, file.readinto, view)
+            if not read:
+                break  # end of file
+            await sendall(loop, sock, view[:read])
+            total += read
+        return total
+    finally:
+        if total > 0 and hasattr(file, "seek"):
+            file.seek(offset + total)
+
+
+async def sendfile(
+    loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int], fallback: bool
+) -> int:
+    check_socket(loop, sock)
+    check_sendfile_params(sock, file, offset, count)
+    try:
+        return await _sendfile_zero_copy(loop, sock, file, offset, count)
+    except exceptions.SendfileNotAvailableError:
+        if not fallback:
+            raise
+    return await _sendfile_by_copy(loop, sock, file, offset, count)
+
+
 def _accept(sock: socket.socket) -> tuple[socket.socket, Any]:
     conn, address = sock.accept()
     conn.setblocking(False)
@@ -158,28 +267,33 @@ class SocketMethods:
     """The ``sock_*`` methods of ferroloop.Loop."""
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        return await io(self, sock, False, sock.recv, n)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, sock.recv, n)  # type: ignore[arg-type]
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        return await io(self, sock, False, sock.recv_into, buf)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, sock.recv_into, buf)  # type: ignore[arg-type]
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
-        return await io(self, sock, False, sock.recvfrom, bufsize)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, sock.recvfrom, bufsize)  # type: ignore[arg-type]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
-        return await io(self, sock, False, sock.recvfrom_into, buf, nbytes or len(buf))  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, sock.recvfrom_into, buf, nbytes or len(buf))  # type: ignore[arg-type]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         await sendall(self, sock, data)  # type: ignore[arg-type]
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
-        return await io(self, sock, True, sock.sendto, data, address)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, True, sock.sendto, data, address)  # type: ignore[arg-type]
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         await connect(self, sock, address)  # type: ignore[arg-type]
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
-        return await io(self, sock, False, _accept, sock)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, _accept, sock)  # type: ignore[arg-type]
+
+    async def sock_sendfile(
+        self, sock: socket.socket, file: Any, offset: int = 0, count: Optional[int] = None, *, fallback: bool = True
+    ) -> int:
+        return await sendfile(self, sock, file, offset, count, fallback)  # type: ignore[arg-type]
 
 
 __all__ = ["SocketMethods", "check_socket"]
