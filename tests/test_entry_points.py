@@ -103,3 +103,31 @@ def test_cli_exit_code_and_exception_propagate(tmp_path):
     script.write_text("import asyncio\nasync def main():\n    raise SystemExit(7)\nasyncio.run(main())\n")
     result = subprocess.run([sys.executable, "-m", "ferroloop", str(script)], capture_output=True, text=True)
     assert result.returncode == 7
+
+
+def test_cli_runs_a_module_with_dash_m(tmp_path):
+    package = tmp_path / "greeter"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import asyncio, sys\n"
+        "async def main():\n"
+        "    print(__name__, sys.argv[1:], type(asyncio.get_running_loop()).__name__)\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ferroloop", "-m", "greeter", "x", "y"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "__main__ ['x', 'y'] Loop"
+
+
+def test_cli_without_a_program_explains_usage():
+    result = subprocess.run([sys.executable, "-m", "ferroloop"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "give a script to run" in result.stderr
