@@ -104,7 +104,8 @@ def test_debug_mode_reports_the_create_task_line(loop, line_of):
     assert (creation.filename, creation.lineno) == (__file__, line_of("# CREATED IN DEBUG"))
 
 
-def test_no_tracking_without_debug_or_watchdog(loop):
+def destroyed_pending_report(loop) -> dict:
+    """Lets a pending task be collected and returns the loop's report of it."""
     contexts: list[dict] = []
     loop.set_exception_handler(lambda lp, context: contexts.append(context))
 
@@ -115,6 +116,11 @@ def test_no_tracking_without_debug_or_watchdog(loop):
 
     loop.run_until_complete(main())
     [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
+    return context
+
+
+def test_no_tracking_without_debug_or_watchdog(loop):
+    context = destroyed_pending_report(loop)
     assert "task_created_at" not in context and "source_traceback" not in context
 
 
@@ -125,15 +131,6 @@ def test_watchdog_can_run_without_tracking(loop, how, monkeypatch):
     else:
         monkeypatch.setenv("FERROLOOP_TRACK_TASKS", "0")
         loop.enable_watchdog(30)
-    contexts: list[dict] = []
-    loop.set_exception_handler(lambda lp, context: contexts.append(context))
-
-    async def main():
-        loop.create_task(waits_forever())
-        await asyncio.sleep(0.01)
-        gc.collect()
-
-    loop.run_until_complete(main())
-    [context] = [c for c in contexts if c["message"] == "Task was destroyed but it is pending!"]
+    context = destroyed_pending_report(loop)
     assert "task_created_at" not in context
     assert loop.watchdog_threshold == 30

@@ -36,8 +36,13 @@ def check_socket(loop: "Loop", sock: socket.socket) -> None:
         raise ValueError("the socket must be non-blocking")
 
 
-def _complete(fut: "Future", operation: Callable[..., Any], args: tuple) -> None:
-    """Runs the operation for a waiting future, unless it would block again."""
+# Returned by an operation that made progress but is not finished yet.
+_NOT_DONE = object()
+
+
+def _complete(fut: "Future", operation: Callable[..., Any], args: tuple = ()) -> None:
+    """Runs the operation for a waiting future and settles the future with
+    its result or exception, unless it would block again or is not done."""
     try:
         result = operation(*args)
     except _WOULD_BLOCK:
@@ -47,7 +52,8 @@ def _complete(fut: "Future", operation: Callable[..., Any], args: tuple) -> None
     except BaseException as exc:
         fut.set_exception(exc)
     else:
-        fut.set_result(result)
+        if result is not _NOT_DONE:
+            fut.set_result(result)
 
 
 def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[["Future"], None]) -> "Future":
@@ -93,20 +99,11 @@ async def sendall(loop: "Loop", sock: socket.socket, data: Any) -> None:
         return
     position = [sent]
 
-    def send_more(fut: "Future") -> None:
-        try:
-            position[0] += sock.send(view[position[0] :])
-        except _WOULD_BLOCK:
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        if position[0] == len(view):
-            fut.set_result(None)
+    def send_more() -> Any:
+        position[0] += sock.send(view[position[0] :])
+        return None if position[0] == len(view) else _NOT_DONE
 
-    await wait_for(loop, sock, True, send_more)
+    await wait_for(loop, sock, True, lambda fut: _complete(fut, send_more))
 
 
 async def resolve(loop: "Loop", sock: socket.socket, address: Any) -> Any:
@@ -135,21 +132,12 @@ async def connect(loop: "Loop", sock: socket.socket, address: Any) -> None:
     except _WOULD_BLOCK:
         pass
 
-    def connected(fut: "Future") -> None:
-        try:
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error != 0:
-                raise OSError(error, f"Connect call failed {address}")
-        except _WOULD_BLOCK:
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
+    def connected() -> None:
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error != 0:
+            raise OSError(error, f"Connect call failed {address}")
 
-    await wait_for(loop, sock, True, connected)
+    await wait_for(loop, sock, True, lambda fut: _complete(fut, connected))
 
 
 # asyncio's SENDFILE_FALLBACK_READBUFFER_SIZE.
