@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 from . import _metrics, _monitor, _watchdog
+from ._network import NetworkMethods
 from ._sockets import SocketMethods
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
 
@@ -115,7 +116,7 @@ def _slow_callback_culprit(handle: Any) -> str:
 
 # The native scheduling methods return ferroloop.Handle/TimerHandle, which
 # typeshed's AbstractEventLoop types as asyncio.Handle/TimerHandle.
-class Loop(LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[misc]
+class Loop(LoopCore, SocketMethods, NetworkMethods, events.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop implemented in Rust."""
 
     # The same methods as LoopCore's, through leaner native entry points
@@ -142,6 +143,7 @@ class Loop(LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[m
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
         self._stall_reporter: Optional[_watchdog.StallReporter] = None
+        self._init_network()
         self._run_clock = _metrics.register(self)
         self._last_metrics: Optional[dict] = None
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper

@@ -1,0 +1,130 @@
+"""Connections, servers, datagram endpoints and pipes: the glue around the
+native transports.
+
+Setting up a connection (name resolution, happy eyeballs, binding, the
+``Server`` object, TLS wrapping) runs once per connection and must behave
+exactly as asyncio's does, with the same checks, messages and per-version
+differences. So the loop borrows those methods from the asyncio that ships
+with the running interpreter instead of re-implementing them; each borrowed
+method only calls back into the small surface defined here
+(``_make_socket_transport``, ``_start_serving``, ``_transports``...), which
+is where ferroloop's own transports plug in.
+
+The per-byte work, reading and writing on an established connection, is
+native (``ferroloop._native.StreamTransport``).
+"""
+
+from __future__ import annotations
+
+import socket
+import weakref
+from asyncio import base_events, selector_events, trsock, unix_events
+from typing import Any, Optional
+
+
+_Base = base_events.BaseEventLoop
+_Selector = selector_events.BaseSelectorEventLoop
+_Unix = unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]  # private, stable since 3.4
+
+
+def _borrow(owner: type, name: str) -> Any:
+    return owner.__dict__[name]
+
+
+def _transport_extra(sock: socket.socket, extra: Optional[dict]) -> dict:
+    """asyncio's ``_SelectorTransport`` extra info: the socket, its name and
+    its peer's (None when the socket has none)."""
+    info = dict(extra) if extra else {}
+    info["socket"] = trsock.TransportSocket(sock)
+    try:
+        info["sockname"] = sock.getsockname()
+    except OSError:
+        info["sockname"] = None
+    if "peername" not in info:
+        try:
+            info["peername"] = sock.getpeername()
+        except socket.error:
+            info["peername"] = None
+    return info
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on TCP sockets, as asyncio sets it on every transport."""
+    if (
+        sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto == socket.IPPROTO_TCP
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class NetworkMethods:
+    """The network half of the loop API."""
+
+    # Connection set-up and servers, as the running interpreter's asyncio
+    # implements them.
+    create_connection = _borrow(_Base, "create_connection")
+    _connect_sock = _borrow(_Base, "_connect_sock")
+    _create_connection_transport = _borrow(_Base, "_create_connection_transport")
+    _ensure_resolved = _borrow(_Base, "_ensure_resolved")
+    _create_server_getaddrinfo = _borrow(_Base, "_create_server_getaddrinfo")
+    create_server = _borrow(_Base, "create_server")
+    connect_accepted_socket = _borrow(_Base, "connect_accepted_socket")
+    create_datagram_endpoint = _borrow(_Base, "create_datagram_endpoint")
+    connect_read_pipe = _borrow(_Base, "connect_read_pipe")
+    connect_write_pipe = _borrow(_Base, "connect_write_pipe")
+    sendfile = _borrow(_Base, "sendfile")
+    _sendfile_fallback = _borrow(_Base, "_sendfile_fallback")
+    start_tls = _borrow(_Base, "start_tls")
+    create_unix_connection = _borrow(_Unix, "create_unix_connection")
+    create_unix_server = _borrow(_Unix, "create_unix_server")
+
+    # Accepting: one readiness callback per listening socket, which accepts
+    # up to `backlog` connections and survives EMFILE/ENFILE by pausing.
+    _start_serving = _borrow(_Selector, "_start_serving")
+    _accept_connection = _borrow(_Selector, "_accept_connection")
+    _accept_connection2 = _borrow(_Selector, "_accept_connection2")
+    _stop_serving = _Unix.__dict__.get("_stop_serving") or _borrow(_Selector, "_stop_serving")
+    _ensure_fd_no_transport = _borrow(_Selector, "_ensure_fd_no_transport")
+    _sendfile_native = _borrow(_Selector, "_sendfile_native")
+
+    # TLS wraps a plain socket transport in asyncio's SSLProtocol.
+    _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
+
+    # Datagram and pipe transports are asyncio's, over ferroloop's readiness.
+    _make_datagram_transport = _borrow(_Selector, "_make_datagram_transport")
+    _make_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
+    _make_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
+
+    _transports: "weakref.WeakValueDictionary[int, Any]"
+
+    def _init_network(self) -> None:
+        # fd -> transport, so that add_reader and sock_* refuse an fd a
+        # transport owns, as asyncio does.
+        self._transports = weakref.WeakValueDictionary()
+
+    @property
+    def _debug(self) -> bool:
+        return self.get_debug()  # type: ignore[attr-defined]
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: Optional[dict] = None,
+        server: Any = None,
+    ) -> Any:
+        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[attr-defined]
+
+    def _remove_reader(self, fd: Any) -> bool:
+        return self.remove_reader(fd)  # type: ignore[attr-defined]
+
+    def _remove_writer(self, fd: Any) -> bool:
+        return self.remove_writer(fd)  # type: ignore[attr-defined]
+
+
+def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
