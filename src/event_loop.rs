@@ -120,6 +120,10 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
+    pub fn is_closed_flag(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub fn timer_cancelled(&self) {
         lock(&self.sched).timers.note_cancelled();
     }

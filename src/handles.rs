@@ -19,6 +19,7 @@ use crate::event_loop::LoopCore;
 use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerItem;
+use crate::transports::stream::StreamTransport;
 
 struct Payload {
     callback: Py<PyAny>,
@@ -412,14 +413,19 @@ handle_pymethods!(TimerHandle, "TimerHandle", {
 pub enum Scheduled {
     Plain(Py<Handle>),
     Timer(Py<TimerHandle>),
+    /// A transport whose socket became ready: it runs its own I/O, with no
+    /// Python handle in between.
+    Io(Py<StreamTransport>),
 }
 
 impl Scheduled {
+    /// The callback handle, None for transport I/O.
     #[inline]
-    pub fn core(&self) -> &HandleCore {
+    pub fn core(&self) -> Option<&HandleCore> {
         match self {
-            Scheduled::Plain(h) => &h.get().core,
-            Scheduled::Timer(t) => &t.get().core,
+            Scheduled::Plain(h) => Some(&h.get().core),
+            Scheduled::Timer(t) => Some(&t.get().core),
+            Scheduled::Io(_) => None,
         }
     }
 
@@ -427,6 +433,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => h.bind(py).clone().into_any(),
             Scheduled::Timer(t) => t.bind(py).clone().into_any(),
+            Scheduled::Io(s) => s.bind(py).clone().into_any(),
         }
     }
 
@@ -436,6 +443,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => h.drop_ref(py),
             Scheduled::Timer(t) => t.drop_ref(py),
+            Scheduled::Io(s) => s.drop_ref(py),
         }
     }
 
@@ -443,6 +451,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => visit.call(h),
             Scheduled::Timer(t) => visit.call(t),
+            Scheduled::Io(s) => visit.call(s),
         }
     }
 }

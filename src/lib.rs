@@ -11,6 +11,7 @@ mod pyrefs;
 mod run;
 mod sync;
 mod timers;
+mod transports;
 mod watchdog;
 
 use pyo3::prelude::*;
@@ -20,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     for (name, descriptor) in fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

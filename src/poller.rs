@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 
 use crate::handles::Handle;
 use crate::sync::lock;
+use crate::transports::stream::StreamTransport;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -35,6 +36,9 @@ pub enum Direction {
 struct FdWatch {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    /// A transport owning the fd; registered edge-triggered for both
+    /// directions for its whole life, never re-armed.
+    stream: Option<Py<StreamTransport>>,
 }
 
 impl FdWatch {
@@ -46,6 +50,9 @@ impl FdWatch {
     }
 
     fn interest(&self) -> Option<Interest> {
+        if self.stream.is_some() {
+            return Some(Interest::READABLE | Interest::WRITABLE);
+        }
         match (self.reader.is_some(), self.writer.is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
@@ -59,6 +66,7 @@ impl FdWatch {
 #[derive(Default)]
 pub struct Dispatch {
     pub handles: Vec<Py<Handle>>,
+    pub streams: Vec<Py<StreamTransport>>,
     pub signal_pipe_ready: bool,
 }
 
@@ -164,17 +172,71 @@ impl Poller {
         removed
     }
 
-    /// Forgets every watcher (loop close) and returns their handles.
-    pub fn unwatch_all(&self) -> Vec<Py<Handle>> {
+    /// Forgets every watcher and transport (loop close) and returns them,
+    /// to be released outside the lock.
+    pub fn unwatch_all(&self) -> (Vec<Py<Handle>>, Vec<Py<StreamTransport>>) {
         let mut watches = lock(&self.watches);
         let mut handles = Vec::new();
+        let mut streams = Vec::new();
         for (fd, watch) in watches.drain() {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
             handles.extend(watch.reader);
             handles.extend(watch.writer);
+            streams.extend(watch.stream);
         }
         self.watch_count.store(0, Ordering::Relaxed);
-        handles
+        (handles, streams)
+    }
+
+    /// Hands the fd to a transport. A watcher left on a reused fd number is
+    /// replaced and returned for cancelling.
+    pub fn attach_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Vec<Py<Handle>>> {
+        let mut watches = lock(&self.watches);
+        let is_new = !watches.contains_key(&fd);
+        let entry = watches.entry(fd).or_default();
+        let was_registered = entry.interest().is_some();
+        let stale: Vec<Py<Handle>> = entry.reader.take().into_iter().chain(entry.writer.take()).collect();
+        let previous = entry.stream.replace(transport);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let outcome = if was_registered { self.reregister(fd, interest) } else { self.register(fd, interest) };
+        match outcome {
+            Ok(()) => {
+                if is_new {
+                    self.watch_count.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(watches);
+                drop(previous);
+                Ok(stale)
+            }
+            Err(err) => {
+                let installed = std::mem::replace(&mut entry.stream, previous);
+                if is_new {
+                    watches.remove(&fd);
+                }
+                drop(watches);
+                drop((installed, stale));
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes the fd back from its transport (before the socket closes).
+    pub fn detach_stream(&self, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let mut watches = lock(&self.watches);
+        let entry = watches.get_mut(&fd)?;
+        let removed = entry.stream.take();
+        removed.as_ref()?;
+        match entry.interest() {
+            Some(interest) => {
+                let _ = self.reregister(fd, interest);
+            }
+            None => {
+                watches.remove(&fd);
+                self.watch_count.fetch_sub(1, Ordering::Relaxed);
+                let _ = self.registry.deregister(&mut SourceFd(&fd));
+            }
+        }
+        removed
     }
 
     fn register(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
@@ -237,6 +299,13 @@ impl Poller {
                     // As asyncio's selectors do, an error or hang-up wakes
                     // both the reader and the writer.
                     let failed = event.is_error() || event.is_read_closed() || event.is_write_closed();
+                    if let Some(stream) = watch.stream.as_ref() {
+                        if stream.get().note_ready(event.is_readable(), event.is_writable() || failed, failed) {
+                            out.streams.push(stream.clone_ref(py));
+                        }
+                        // loop.sendfile() waits on a transport's fd through
+                        // a watcher, handled below.
+                    }
                     let mut delivered = false;
                     if event.is_readable() || failed {
                         if let Some(reader) = watch.reader.as_ref().filter(|h| !h.get().core.is_cancelled()) {

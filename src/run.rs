@@ -18,6 +18,8 @@ use crate::activity::{PHASE_IDLE, PHASE_POLLING};
 use crate::clock;
 use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
 use crate::handles::{Scheduled, TimerHandle};
+use crate::transports::stream::StreamTransport;
+use pyo3::types::PyDict;
 use crate::poller::Dispatch;
 use crate::sync::lock;
 
@@ -175,6 +177,10 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
         let mut sched = lock(&this.sched);
         sched.ready.extend(s.dispatch.handles.drain(..).map(Scheduled::Plain));
     }
+    if !s.dispatch.streams.is_empty() {
+        let mut sched = lock(&this.sched);
+        sched.ready.extend(s.dispatch.streams.drain(..).map(Scheduled::Io));
+    }
     if s.dispatch.signal_pipe_ready {
         let signums = this.poller.drain_signal_pipe();
         py.check_signals()?;
@@ -197,7 +203,14 @@ fn run_batch(slf: &Bound<'_, LoopCore>, this: &LoopCore, batch: &mut VecDeque<Sc
 
 fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
-    let core = item.core();
+    if let Scheduled::Io(transport) = item {
+        this.activity.begin_callback();
+        if this.debug_enabled() {
+            return run_timed(slf, this, item);
+        }
+        return run_io(slf, transport.bind(py));
+    }
+    let Some(core) = item.core() else { return Ok(()) };
     if core.is_cancelled() {
         return Ok(());
     }
@@ -212,15 +225,46 @@ fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyR
     }
 }
 
+/// Transport I/O handles its own errors as asyncio's transports do; what
+/// escapes is a failure of that reporting itself (or KeyboardInterrupt).
+fn run_io(slf: &Bound<'_, LoopCore>, transport: &Bound<'_, StreamTransport>) -> PyResult<()> {
+    let py = slf.py();
+    match StreamTransport::process(transport) {
+        Ok(()) => Ok(()),
+        Err(err) if is_fatal(py, &err) => Err(err),
+        Err(err) => {
+            let context = PyDict::new(py);
+            context.set_item(intern!(py, "message"), "Unhandled error in transport I/O")?;
+            context.set_item(intern!(py, "exception"), err.into_value(py))?;
+            context.set_item(intern!(py, "transport"), transport)?;
+            slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            Ok(())
+        }
+    }
+}
+
 /// Debug mode: asyncio's slow-callback report and `_current_handle`.
 fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
+    let Some(core) = item.core() else {
+        // Transport I/O is not a handle; asyncio times the reader callback,
+        // which this is, so it is timed here too.
+        let started = clock::monotonic();
+        let Scheduled::Io(transport) = item else { return Ok(()) };
+        run_io(slf, transport.bind(py))?;
+        let elapsed = clock::monotonic() - started;
+        let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
+        if elapsed >= threshold {
+            slf.call_method1(intern!(py, "_log_slow_callback"), (item.as_object(py), elapsed))?;
+        }
+        return Ok(());
+    };
     let handle = item.as_object(py);
     *lock(&this.current_handle) = Some(handle.clone().unbind());
     let started = clock::monotonic();
-    let outcome = match item.core().run(py) {
+    let outcome = match core.run(py) {
         Ok(()) => Ok(()),
-        Err(err) => report_callback_error(py, item.core(), &handle, err),
+        Err(err) => report_callback_error(py, core, &handle, err),
     };
     let elapsed = clock::monotonic() - started;
     let previous = lock(&this.current_handle).take();

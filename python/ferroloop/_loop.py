@@ -116,7 +116,7 @@ def _slow_callback_culprit(handle: Any) -> str:
 
 # The native scheduling methods return ferroloop.Handle/TimerHandle, which
 # typeshed's AbstractEventLoop types as asyncio.Handle/TimerHandle.
-class Loop(LoopCore, SocketMethods, NetworkMethods, events.AbstractEventLoop):  # type: ignore[misc]
+class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop implemented in Rust."""
 
     # The same methods as LoopCore's, through leaner native entry points

@@ -19,12 +19,19 @@ from __future__ import annotations
 import socket
 import weakref
 from asyncio import base_events, selector_events, trsock, unix_events
+import sys
 from typing import Any, Optional
+
+from ._native import LoopCore, StreamTransport
 
 
 _Base = base_events.BaseEventLoop
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]  # private, stable since 3.4
+
+
+# Server._attach()/_detach() take the transport since 3.13.
+_SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
 
 
 def _borrow(owner: type, name: str) -> Any:
@@ -103,6 +110,22 @@ class NetworkMethods:
         # transport owns, as asyncio does.
         self._transports = weakref.WeakValueDictionary()
 
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)  # type: ignore[attr-defined]
+
+    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)  # type: ignore[attr-defined]
+
+    def remove_reader(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def remove_writer(self, fd: Any) -> bool:
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
     @property
     def _debug(self) -> bool:
         return self.get_debug()  # type: ignore[attr-defined]
@@ -115,14 +138,29 @@ class NetworkMethods:
         *,
         extra: Optional[dict] = None,
         server: Any = None,
-    ) -> Any:
-        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[attr-defined]
+    ) -> StreamTransport:
+        _set_nodelay(sock)
+        transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)
+        transport._register()
+        self._transports[sock.fileno()] = transport
+        if server is not None:
+            if _SERVER_ATTACH_TAKES_TRANSPORT:
+                server._attach(transport)
+            else:
+                server._attach()
+        self.call_soon(protocol.connection_made, transport)  # type: ignore[attr-defined]
+        self.call_soon(transport._start_reading)  # type: ignore[attr-defined]
+        if waiter is not None:
+            self.call_soon(_set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+        return transport
 
-    def _remove_reader(self, fd: Any) -> bool:
-        return self.remove_reader(fd)  # type: ignore[attr-defined]
+    _remove_reader = LoopCore.remove_reader
+    _remove_writer = LoopCore.remove_writer
 
-    def _remove_writer(self, fd: Any) -> bool:
-        return self.remove_writer(fd)  # type: ignore[attr-defined]
+
+def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
 
 
 def _set_result_unless_cancelled(fut: Any, result: Any) -> None:

@@ -34,6 +34,7 @@ def check_socket(loop: "Loop", sock: socket.socket) -> None:
     # the whole loop inside the syscall, so ferroloop always refuses it.
     if sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
+    loop._ensure_fd_no_transport(sock)
 
 
 # Returned by an operation that made progress but is not finished yet.
@@ -61,7 +62,7 @@ def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[[
     is ready; the readiness registration ends with the future."""
     fut = loop.create_future()
     fd = sock.fileno()
-    add, remove = (loop._add_writer, loop.remove_writer) if writing else (loop._add_reader, loop.remove_reader)
+    add, remove = (loop._add_writer, loop._remove_writer) if writing else (loop._add_reader, loop._remove_reader)
 
     def on_ready() -> None:
         if not fut.done():

@@ -1,0 +1,1093 @@
+//! `StreamTransport`: asyncio's socket transport (TCP and Unix streams) in
+//! Rust.
+//!
+//! The fd is registered once, edge-triggered, for reading and writing. The
+//! poller records what became ready and queues the transport itself on the
+//! ready queue (`Scheduled::Io`), so a read reaches `data_received` with no
+//! Python handle in between. Edge-triggered readiness is only sound if every
+//! edge is consumed, so:
+//! - a read that fills the whole buffer may have left data behind: the
+//!   transport re-queues itself for the next iteration (asyncio reads one
+//!   chunk per iteration too); a short read drained the socket;
+//! - a send keeps going until all is sent or the kernel says EAGAIN, after
+//!   which a writable edge is promised.
+//!
+//! Everything else (flow control, EOF and half-close, error reporting,
+//! `connection_lost` exactly once) follows asyncio's `_SelectorSocketTransport`
+//! step by step. The state lock is never held across a call into Python.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+
+use super::syscalls::{self, Progress};
+use super::write_buffer::WriteBuffer;
+use crate::event_loop::{is_fatal, LoopCore};
+use crate::handles::Scheduled;
+use crate::sync::lock;
+
+/// asyncio's `max_size` for one read.
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
+
+thread_local! {
+    /// Reads land here and are copied into a `bytes` of the exact size: one
+    /// small copy is cheaper than allocating `MAX_READ` bytes per read and
+    /// shrinking them, which is what `sock.recv(max_size)` does.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+}
+
+struct Refs {
+    buffered_protocol: Py<PyAny>,
+    logger: Py<PyAny>,
+    sendfile_try_native: Py<PyAny>,
+    server_detach_takes_transport: bool,
+}
+
+static REFS: PyOnceLock<Refs> = PyOnceLock::new();
+
+fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
+    REFS.get_or_try_init(py, || {
+        let asyncio = py.import("asyncio")?;
+        let logging = py.import("logging")?;
+        let constants = py.import("asyncio.constants")?;
+        Ok(Refs {
+            buffered_protocol: asyncio.getattr("BufferedProtocol")?.unbind(),
+            logger: logging.call_method1("getLogger", ("asyncio",))?.unbind(),
+            sendfile_try_native: constants.getattr("_SendfileMode")?.getattr("TRY_NATIVE")?.unbind(),
+            // Server._detach() takes the transport since 3.13.
+            server_detach_takes_transport: py.version_info() >= (3, 13),
+        })
+    })
+}
+
+/// An OSError of the subclass Python picks for the errno (ConnectionResetError,
+/// BrokenPipeError...), with `errno` and `strerror` set, as `socket` raises.
+fn os_error(py: Python<'_>, err: &std::io::Error) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        return PyOSError::new_err(err.to_string());
+    };
+    // SAFETY: strerror returns a pointer to a NUL-terminated string owned by
+    // libc, valid until the next strerror call; it is copied at once, with
+    // the GIL held so no other Python thread calls it meanwhile.
+    let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+        .to_string_lossy()
+        .into_owned();
+    match py.get_type::<PyOSError>().call1((code, message)) {
+        Ok(value) => PyErr::from_value(value),
+        Err(err) => err,
+    }
+}
+
+/// What one read attempt left behind in the socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadOutcome {
+    /// Nothing more to read now: EAGAIN, EOF, an error, or the transport
+    /// is closing.
+    Exhausted,
+    /// Fewer bytes than asked: drained, unless a hang-up is pending.
+    Short,
+    /// The buffer was filled: more may be waiting.
+    Full,
+}
+
+/// How reads reach the protocol, looked up once per `set_protocol`.
+enum Reader {
+    DataReceived(Py<PyAny>),
+    Buffered { get_buffer: Py<PyAny>, buffer_updated: Py<PyAny> },
+    /// The protocol lacks the method: it is looked up (and fails, with
+    /// asyncio's error) at the time of the read.
+    Dynamic { buffered: bool },
+}
+
+struct State {
+    protocol: Option<Py<PyAny>>,
+    reader: Option<Reader>,
+    sock: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    high_water: i64,
+    low_water: i64,
+    protocol_paused: bool,
+    /// pause_reading() was called (asyncio's `_paused`).
+    paused: bool,
+    closing: bool,
+    /// write_eof() was called.
+    eof: bool,
+    conn_lost: u32,
+    /// asyncio's reader registration: reads are delivered only while set.
+    reading: bool,
+    /// The socket may hold unread data (an edge arrived and was not drained).
+    read_pending: bool,
+    /// A writable edge arrived since the last send attempt.
+    write_pending: bool,
+    /// The peer shut down or the socket failed. The hang-up edge may have
+    /// come together with the last data, so a short read no longer means
+    /// the socket is drained: reads go on until EOF, an error or EAGAIN.
+    peer_closed: bool,
+    /// An entry for this transport sits in the ready queue.
+    queued: bool,
+    registered: bool,
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._native", frozen, weakref)]
+pub struct StreamTransport {
+    fd: RawFd,
+    event_loop: Py<LoopCore>,
+    extra: Py<PyDict>,
+    state: Mutex<State>,
+}
+
+/// Runs `f` on the bytes of a bytes-like object without copying them.
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(f(bytes.as_bytes()));
+    }
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: `data` is a live object (GIL held); on success the buffer view
+    // is filled in and stays valid until PyBuffer_Release below, and
+    // PyBUF_SIMPLE guarantees a contiguous run of `len` bytes at `buf`.
+    unsafe {
+        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+            return Err(PyErr::fetch(data.py()));
+        }
+        let view_ref = view.assume_init_mut();
+        let slice: &[u8] = if view_ref.len <= 0 || view_ref.buf.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(view_ref.buf as *const u8, view_ref.len as usize)
+        };
+        let result = f(slice);
+        ffi::PyBuffer_Release(view_ref);
+        Ok(result)
+    }
+}
+
+fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+    data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".to_owned())
+}
+
+impl StreamTransport {
+    fn loop_obj<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
+        self.event_loop.bind(py)
+    }
+
+    fn debug(&self) -> bool {
+        self.event_loop.get().debug_enabled()
+    }
+
+    /// Called by the poller with the readiness of one event. Returns whether
+    /// the transport must be queued (it was not already, and has work).
+    pub fn note_ready(&self, readable: bool, writable: bool, hung_up: bool) -> bool {
+        let mut st = lock(&self.state);
+        if st.conn_lost > 0 {
+            return false;
+        }
+        st.peer_closed |= hung_up;
+        st.read_pending |= readable || hung_up;
+        st.write_pending |= writable;
+        let has_work = (st.read_pending && st.reading) || (st.write_pending && !st.buffer.is_empty());
+        if has_work && !st.queued {
+            st.queued = true;
+            return true;
+        }
+        false
+    }
+
+    fn queue_locked(slf: &Bound<'_, Self>, st: &mut State) {
+        if !st.queued && st.conn_lost == 0 {
+            st.queued = true;
+            let this = slf.get();
+            lock(&this.event_loop.get().sched).ready.push_back(Scheduled::Io(slf.clone().unbind()));
+        }
+    }
+
+    /// The ready-queue entry: do the reading and writing the poller saw
+    /// become possible.
+    pub fn process(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let (read, write) = {
+            let mut st = lock(&this.state);
+            st.queued = false;
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let write = st.write_pending && !st.buffer.is_empty();
+            st.write_pending = false;
+            (st.read_pending && st.reading, write)
+        };
+        if read {
+            Self::read_ready(slf)?;
+        }
+        if write {
+            Self::write_ready(slf)?;
+        }
+        Ok(())
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let reader = {
+            let st = lock(&this.state);
+            match &st.reader {
+                Some(Reader::DataReceived(m)) => Some(Reader::DataReceived(m.clone_ref(py))),
+                Some(Reader::Buffered { get_buffer, buffer_updated }) => Some(Reader::Buffered {
+                    get_buffer: get_buffer.clone_ref(py),
+                    buffer_updated: buffer_updated.clone_ref(py),
+                }),
+                Some(Reader::Dynamic { buffered }) => Some(Reader::Dynamic { buffered: *buffered }),
+                None => None,
+            }
+        };
+        let Some(reader) = reader else { return Ok(()) };
+        let outcome = match reader {
+            Reader::DataReceived(method) => Self::read_into_bytes(slf, |data| method.bind(py).call1((data,)).map(drop))?,
+            Reader::Dynamic { buffered: false } => Self::read_into_bytes(slf, |data| {
+                let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
+                match protocol {
+                    Some(p) => p.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
+                    None => Ok(()),
+                }
+            })?,
+            Reader::Buffered { get_buffer, buffer_updated } => {
+                Self::read_into_protocol_buffer(slf, get_buffer.bind(py), buffer_updated.bind(py))?
+            }
+            Reader::Dynamic { buffered: true } => {
+                let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
+                let Some(protocol) = protocol else { return Ok(()) };
+                let protocol = protocol.bind(py);
+                let get_buffer = protocol.getattr(intern!(py, "get_buffer"));
+                let buffer_updated = protocol.getattr(intern!(py, "buffer_updated"));
+                match (get_buffer, buffer_updated) {
+                    (Ok(g), Ok(b)) => Self::read_into_protocol_buffer(slf, &g, &b)?,
+                    (Err(err), _) => {
+                        Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")?;
+                        ReadOutcome::Exhausted
+                    }
+                    (_, Err(err)) => {
+                        Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.")?;
+                        ReadOutcome::Exhausted
+                    }
+                }
+            }
+        };
+        let mut st = lock(&this.state);
+        let more = match outcome {
+            ReadOutcome::Exhausted => false,
+            ReadOutcome::Short => st.peer_closed,
+            ReadOutcome::Full => true,
+        };
+        st.read_pending = more;
+        if more && st.reading {
+            Self::queue_locked(slf, &mut st);
+        }
+        Ok(())
+    }
+
+    /// One `recv` into a fresh `bytes`, handed to `deliver`. Returns whether
+    /// the socket was drained (short read, EOF, error or EAGAIN).
+    fn read_into_bytes(
+        slf: &Bound<'_, Self>,
+        deliver: impl FnOnce(Bound<'_, PyBytes>) -> PyResult<()>,
+    ) -> PyResult<ReadOutcome> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let received = READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => Self::recv_bytes(py, fd, &mut buf),
+            Err(_) => Self::recv_bytes(py, fd, &mut vec![0u8; MAX_READ]),
+        });
+        match received {
+            Ok(None) => Ok(ReadOutcome::Exhausted),
+            Ok(Some((data, _))) if data.as_bytes().is_empty() => {
+                Self::on_eof(slf)?;
+                Ok(ReadOutcome::Exhausted)
+            }
+            Ok(Some((data, full))) => {
+                if let Err(err) = deliver(data) {
+                    if is_fatal(py, &err) {
+                        return Err(err);
+                    }
+                    Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.")?;
+                    return Ok(ReadOutcome::Exhausted);
+                }
+                Ok(if full { ReadOutcome::Full } else { ReadOutcome::Short })
+            }
+            Err(err) => {
+                Self::fatal_error(slf, os_error(py, &err), "Fatal read error on socket transport")?;
+                Ok(ReadOutcome::Exhausted)
+            }
+        }
+    }
+
+    fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<(Bound<'py, PyBytes>, bool)>> {
+        match syscalls::recv(fd, buf)? {
+            Progress::WouldBlock => Ok(None),
+            Progress::Done(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
+        }
+    }
+
+    /// BufferedProtocol: `recv_into` the protocol's own buffer, no copy.
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        get_buffer: &Bound<'_, PyAny>,
+        buffer_updated: &Bound<'_, PyAny>,
+    ) -> PyResult<ReadOutcome> {
+        let py = slf.py();
+        let buffer = get_buffer.call1((-1,)).and_then(|buf| {
+            if buf.len()? == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(buf)
+        });
+        let buffer = match buffer {
+            Ok(buf) => buf,
+            Err(err) if is_fatal(py, &err) => return Err(err),
+            Err(err) => {
+                Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")?;
+                return Ok(ReadOutcome::Exhausted);
+            }
+        };
+        let received = match Self::recv_into_object(slf.get().fd, &buffer) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                Self::fatal_error(slf, err, "Fatal read error on socket transport")?;
+                return Ok(ReadOutcome::Exhausted);
+            }
+        };
+        let (nbytes, full) = match received {
+            None => return Ok(ReadOutcome::Exhausted),
+            Some((0, _)) => {
+                Self::on_eof(slf)?;
+                return Ok(ReadOutcome::Exhausted);
+            }
+            Some(outcome) => outcome,
+        };
+        if let Err(err) = buffer_updated.call1((nbytes,)) {
+            if is_fatal(py, &err) {
+                return Err(err);
+            }
+            Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.")?;
+            return Ok(ReadOutcome::Exhausted);
+        }
+        Ok(if full { ReadOutcome::Full } else { ReadOutcome::Short })
+    }
+
+    /// `recv_into(buffer)`: Ok(None) when it would block, else the byte count
+    /// and whether the buffer was filled.
+    fn recv_into_object(fd: RawFd, buffer: &Bound<'_, PyAny>) -> PyResult<Option<(usize, bool)>> {
+        let py = buffer.py();
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: the GIL is held and `buffer` is alive; on success the view
+        // describes a writable, contiguous region of `len` bytes that stays
+        // valid until PyBuffer_Release, which runs on every path below.
+        unsafe {
+            if ffi::PyObject_GetBuffer(buffer.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+            let view_ref = view.assume_init_mut();
+            let len = view_ref.len.max(0) as usize;
+            let slice = if len == 0 || view_ref.buf.is_null() {
+                &mut [][..]
+            } else {
+                std::slice::from_raw_parts_mut(view_ref.buf as *mut u8, len)
+            };
+            let outcome = syscalls::recv(fd, slice);
+            ffi::PyBuffer_Release(view_ref);
+            match outcome {
+                Ok(Progress::WouldBlock) => Ok(None),
+                Ok(Progress::Done(n)) => Ok(Some((n, n == len))),
+                Err(err) => Err(os_error(py, &err)),
+            }
+        }
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.debug() {
+            refs(py)?.logger.bind(py).call_method1(intern!(py, "debug"), ("%r received EOF", slf))?;
+        }
+        let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
+        let Some(protocol) = protocol else { return Ok(()) };
+        let keep_open = protocol
+            .bind(py)
+            .call_method0(intern!(py, "eof_received"))
+            .and_then(|result| result.is_truthy());
+        match keep_open {
+            Ok(true) => {
+                // The protocol may still write, but nothing more can be read.
+                lock(&this.state).reading = false;
+                Ok(())
+            }
+            Ok(false) => Self::close(slf),
+            Err(err) if is_fatal(py, &err) => Err(err),
+            Err(err) => Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed."),
+        }
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let failure = {
+            let mut st = lock(&this.state);
+            if st.conn_lost > 0 || st.buffer.is_empty() {
+                return Ok(());
+            }
+            match syscalls::send_until_blocked(this.fd, st.buffer.pending()) {
+                Ok(sent) => {
+                    st.buffer.consume(sent);
+                    None
+                }
+                Err(err) => {
+                    st.buffer.clear();
+                    Some((err, st.empty_waiter.as_ref().map(|w| w.clone_ref(py))))
+                }
+            }
+        };
+        if let Some((err, waiter)) = failure {
+            let exc = os_error(py, &err);
+            let exc_value = exc.value(py).clone().into_any();
+            Self::fatal_error(slf, exc, "Fatal write error on socket transport")?;
+            if let Some(waiter) = waiter {
+                settle(waiter.bind(py), Err(exc_value))?;
+            }
+            return Ok(());
+        }
+        Self::maybe_resume_protocol(slf)?; // may write more
+        let (waiter, closing, eof) = {
+            let st = lock(&this.state);
+            if !st.buffer.is_empty() {
+                return Ok(());
+            }
+            (st.empty_waiter.as_ref().map(|w| w.clone_ref(py)), st.closing, st.eof)
+        };
+        if let Some(waiter) = waiter {
+            settle(waiter.bind(py), Ok(py.None().into_bound(py)))?;
+        }
+        if closing {
+            Self::call_connection_lost(slf, py.None().into_bound(py))?;
+        } else if eof {
+            if let Err(err) = syscalls::shutdown_write(this.fd) {
+                if err.raw_os_error() != Some(libc::ENOTCONN) {
+                    Self::fatal_error(slf, os_error(py, &err), "Fatal write error on socket transport")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = lock(&slf.get().state);
+            if st.buffer.len() as i64 <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(protocol) = protocol {
+            if let Err(err) = protocol.bind(py).call_method0(intern!(py, "pause_writing")) {
+                Self::report_flow_control_error(slf, err, "protocol.pause_writing() failed", protocol.bind(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = lock(&slf.get().state);
+            if !st.protocol_paused || st.buffer.len() as i64 > st.low_water {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(protocol) = protocol {
+            if let Err(err) = protocol.bind(py).call_method0(intern!(py, "resume_writing")) {
+                Self::report_flow_control_error(slf, err, "protocol.resume_writing() failed", protocol.bind(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn report_flow_control_error(
+        slf: &Bound<'_, Self>,
+        err: PyErr,
+        message: &str,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        let context = PyDict::new(py);
+        context.set_item(intern!(py, "message"), message)?;
+        context.set_item(intern!(py, "exception"), err.into_value(py))?;
+        context.set_item(intern!(py, "transport"), slf)?;
+        context.set_item(intern!(py, "protocol"), protocol)?;
+        slf.get()
+            .loop_obj(py)
+            .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: OSErrors are expected (a peer going away) and
+    /// only logged in debug mode; anything else is a bug worth reporting.
+    /// Either way the transport closes without flushing.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let exc = err.into_value(py).into_bound(py);
+        if exc.is_instance_of::<PyOSError>() {
+            if this.debug() {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "exc_info"), &exc)?;
+                refs(py)?
+                    .logger
+                    .bind(py)
+                    .call_method(intern!(py, "debug"), ("%r: %s", slf, message), Some(&kwargs))?;
+            }
+        } else {
+            let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
+            let context = PyDict::new(py);
+            context.set_item(intern!(py, "message"), message)?;
+            context.set_item(intern!(py, "exception"), &exc)?;
+            context.set_item(intern!(py, "transport"), slf)?;
+            context.set_item(intern!(py, "protocol"), protocol)?;
+            this.loop_obj(py).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Self::force_close(slf, exc.into_any())
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        slf.get().loop_obj(py).call_method1(intern!(py, "call_soon"), (callback, exc))?;
+        Ok(())
+    }
+
+    fn set_protocol_locked(py: Python<'_>, st: &mut State, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = protocol.is_instance(refs(py)?.buffered_protocol.bind(py))?;
+        st.reader = Some(if buffered {
+            match (protocol.getattr(intern!(py, "get_buffer")), protocol.getattr(intern!(py, "buffer_updated"))) {
+                (Ok(g), Ok(b)) => Reader::Buffered { get_buffer: g.unbind(), buffer_updated: b.unbind() },
+                _ => Reader::Dynamic { buffered: true },
+            }
+        } else {
+            match protocol.getattr(intern!(py, "data_received")) {
+                Ok(method) => Reader::DataReceived(method.unbind()),
+                Err(_) => Reader::Dynamic { buffered: false },
+            }
+        });
+        st.protocol = Some(protocol.clone().unbind());
+        Ok(())
+    }
+
+    fn detach_from_server(py: Python<'_>, slf: &Bound<'_, Self>, server: Option<Py<PyAny>>) -> PyResult<()> {
+        if let Some(server) = server {
+            if refs(py)?.server_detach_takes_transport {
+                server.bind(py).call_method1(intern!(py, "_detach"), (slf,))?;
+            } else {
+                server.bind(py).call_method0(intern!(py, "_detach"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Completes a future unless it is already done (a cancelled sendfile).
+fn settle(fut: &Bound<'_, PyAny>, outcome: Result<Bound<'_, PyAny>, Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = fut.py();
+    if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    match outcome {
+        Ok(value) => fut.call_method1(intern!(py, "set_result"), (value,))?,
+        Err(exc) => fut.call_method1(intern!(py, "set_exception"), (exc,))?,
+    };
+    Ok(())
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, extra, server=None))]
+    fn new(
+        event_loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        extra: &Bound<'_, PyDict>,
+        server: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = sock.py();
+        let event_loop = event_loop.cast::<LoopCore>()?.clone().unbind();
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        }
+        let mut state = State {
+            protocol: None,
+            reader: None,
+            sock: Some(sock.clone().unbind()),
+            server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+            buffer: WriteBuffer::default(),
+            high_water: DEFAULT_HIGH_WATER,
+            low_water: DEFAULT_HIGH_WATER / 4,
+            protocol_paused: false,
+            paused: false,
+            closing: false,
+            eof: false,
+            conn_lost: 0,
+            reading: false,
+            // Nothing is known about the socket yet: try a read when reading starts.
+            read_pending: true,
+            write_pending: false,
+            peer_closed: false,
+            queued: false,
+            registered: false,
+            empty_waiter: None,
+        };
+        Self::set_protocol_locked(py, &mut state, protocol)?;
+        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), state: Mutex::new(state) })
+    }
+
+    /// Registers the socket with the loop's poller (once, for good).
+    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let mut st = lock(&this.state);
+        if st.registered || st.conn_lost > 0 {
+            return Ok(());
+        }
+        this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind())?;
+        st.registered = true;
+        Ok(())
+    }
+
+    /// Scheduled right after `connection_made`: reading starts here, as in
+    /// asyncio, unless the protocol paused it meanwhile.
+    fn _start_reading(slf: &Bound<'_, Self>) {
+        let mut st = lock(&slf.get().state);
+        if st.closing || st.paused || st.conn_lost > 0 {
+            return;
+        }
+        st.reading = true;
+        if st.read_pending {
+            Self::queue_locked(slf, &mut st);
+        }
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !is_bytes_like(data) {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{}'",
+                type_name(data)
+            )));
+        }
+        let failure = {
+            let mut st = lock(&this.state);
+            if st.eof {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
+            }
+            let outcome = with_bytes(data, |bytes| {
+                if bytes.is_empty() {
+                    return Ok(false);
+                }
+                if st.conn_lost > 0 {
+                    st.conn_lost += 1;
+                    return Ok(st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES);
+                }
+                if st.buffer.is_empty() {
+                    let sent = syscalls::send_until_blocked(this.fd, bytes)?;
+                    if sent < bytes.len() {
+                        st.buffer.extend(&bytes[sent..]);
+                    }
+                } else {
+                    st.buffer.extend(bytes);
+                }
+                Ok(false)
+            })?;
+            drop(st);
+            match outcome {
+                Ok(true) => {
+                    refs(py)?.logger.bind(py).call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                    return Ok(());
+                }
+                Ok(false) => None,
+                Err(err) => Some(err),
+            }
+        };
+        if let Some(err) = failure {
+            return Self::fatal_error(slf, os_error(py, &err), "Fatal write error on socket transport");
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let chunks = PyList::empty(py);
+        for item in list_of_data.try_iter()? {
+            chunks.append(item?)?;
+        }
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?;
+        Self::write(slf, &joined)
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        if st.closing || st.eof {
+            return Ok(());
+        }
+        st.eof = true;
+        if st.buffer.is_empty() {
+            drop(st);
+            if let Err(err) = syscalls::shutdown_write(self.fd) {
+                return Python::attach(|py| Err(os_error(py, &err)));
+            }
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let schedule = {
+            let mut st = lock(&slf.get().state);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            st.reading = false;
+            if st.buffer.is_empty() {
+                st.conn_lost += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if schedule {
+            Self::schedule_connection_lost(slf, slf.py().None().into_bound(slf.py()))?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, slf.py().None().into_bound(slf.py()))
+    }
+
+    /// asyncio's `_force_close`: drop unsent data, stop reading, and call
+    /// `connection_lost(exc)` soon, unless that is already on its way.
+    fn _force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::call_connection_lost(slf, exc)
+    }
+
+    fn is_closing(&self) -> bool {
+        lock(&self.state).closing
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, default: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(value) => Ok(value),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn is_reading(&self) -> bool {
+        let st = lock(&self.state);
+        !st.closing && !st.paused
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut st = lock(&slf.get().state);
+            if st.closing || st.paused {
+                return Ok(());
+            }
+            st.paused = true;
+            st.reading = false;
+        }
+        if slf.get().debug() {
+            let py = slf.py();
+            refs(py)?.logger.bind(py).call_method1(intern!(py, "debug"), ("%r pauses reading", slf))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut st = lock(&slf.get().state);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+            st.reading = true;
+            if st.read_pending {
+                Self::queue_locked(slf, &mut st);
+            }
+        }
+        if slf.get().debug() {
+            let py = slf.py();
+            refs(py)?.logger.bind(py).call_method1(intern!(py, "debug"), ("%r resumes reading", slf))?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(high), _) => high,
+            (None, None) => DEFAULT_HIGH_WATER,
+            (None, Some(low)) => low.saturating_mul(4),
+        };
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
+        }
+        {
+            let mut st = lock(&slf.get().state);
+            st.high_water = high;
+            st.low_water = low;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self) -> (i64, i64) {
+        let st = lock(&self.state);
+        (st.low_water, st.high_water)
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        lock(&self.state).buffer.len()
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let (old_protocol, old_reader) = {
+            let mut st = lock(&self.state);
+            let old = (st.protocol.take(), st.reader.take());
+            // Looking up methods runs no code of ours that takes the lock.
+            Self::set_protocol_locked(py, &mut st, protocol)?;
+            old
+        };
+        drop((old_protocol, old_reader));
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.state).protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if lock(&self.state).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?;
+        let mut st = lock(&self.state);
+        if st.buffer.is_empty() {
+            drop(st);
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            st = lock(&self.state);
+        }
+        st.empty_waiter = Some(waiter.clone().unbind());
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&self) {
+        let waiter = lock(&self.state).empty_waiter.take();
+        drop(waiter);
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.state).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        lock(&self.state).sock.as_ref().map(|_| self.event_loop.clone_ref(py))
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_protocol(py)
+    }
+
+    #[getter]
+    fn _closing(&self) -> bool {
+        self.is_closing()
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        lock(&self.state).conn_lost
+    }
+
+    #[classattr]
+    fn _sendfile_compatible(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(refs(py)?.sendfile_try_native.clone_ref(py))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = lock(&self.state);
+        let mut info = vec!["StreamTransport".to_owned()];
+        if st.sock.is_none() {
+            info.push("closed".to_owned());
+        } else if st.closing {
+            info.push("closing".to_owned());
+        }
+        info.push(format!("fd={}", self.fd));
+        if st.sock.is_some() && !self.event_loop.get().is_closed_flag() {
+            info.push(format!("read={}", if st.reading { "polling" } else { "idle" }));
+            let writing = if st.buffer.is_empty() { "idle" } else { "polling" };
+            info.push(format!("write=<{writing}, bufsize={}>", st.buffer.len()));
+        }
+        let _ = py;
+        format!("<{}>", info.join(" "))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.extra)?;
+        // try_lock: the collector can run while the loop thread holds the
+        // lock; skipping a visit only keeps objects alive longer.
+        if let Ok(st) = self.state.try_lock() {
+            for obj in [&st.protocol, &st.sock, &st.server, &st.empty_waiter].into_iter().flatten() {
+                visit.call(obj)?;
+            }
+            match &st.reader {
+                Some(Reader::DataReceived(m)) => visit.call(m)?,
+                Some(Reader::Buffered { get_buffer, buffer_updated }) => {
+                    visit.call(get_buffer)?;
+                    visit.call(buffer_updated)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Ok(mut st) = self.state.try_lock() {
+            let dropped = (st.protocol.take(), st.reader.take(), st.server.take(), st.empty_waiter.take());
+            drop(st);
+            drop(dropped);
+        }
+    }
+}
+
+impl StreamTransport {
+    fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        {
+            let mut st = lock(&slf.get().state);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.buffer.clear();
+            if !st.closing {
+                st.closing = true;
+                st.reading = false;
+            }
+            st.conn_lost += 1;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
+        let outcome = match protocol {
+            Some(protocol) => protocol.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
+            None => Ok(()),
+        };
+        // asyncio's `finally:` block: release everything even if the
+        // protocol raised.
+        let (sock, server, waiter, released) = {
+            let mut st = lock(&this.state);
+            st.closing = true;
+            st.reading = false;
+            let registered = std::mem::replace(&mut st.registered, false);
+            (st.sock.take(), st.server.take(), st.empty_waiter.take(), (st.protocol.take(), st.reader.take(), registered))
+        };
+        let (old_protocol, old_reader, registered) = released;
+        let attached = if registered { this.event_loop.get().poller.detach_stream(this.fd) } else { None };
+        let cleanup = (|| -> PyResult<()> {
+            if let Some(sock) = &sock {
+                sock.bind(py).call_method0(intern!(py, "close"))?;
+            }
+            Self::detach_from_server(py, slf, server)?;
+            if let Some(waiter) = waiter {
+                let error = py
+                    .get_type::<pyo3::exceptions::PyConnectionError>()
+                    .call1(("Connection is closed by peer",))?;
+                settle(waiter.bind(py), Err(error))?;
+            }
+            Ok(())
+        })();
+        drop((attached, old_protocol, old_reader, sock));
+        outcome.and(cleanup)
+    }
+}
+
+impl Drop for StreamTransport {
+    fn drop(&mut self) {
+        let st = match self.state.get_mut() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(sock) = st.sock.take() else { return };
+        let server = st.server.take();
+        let fd = self.fd;
+        Python::attach(|py| {
+            let warned = py
+                .import("warnings")
+                .and_then(|w| {
+                    let resource_warning = py.get_type::<pyo3::exceptions::PyResourceWarning>();
+                    w.call_method1("warn", (format!("unclosed transport <StreamTransport fd={fd}>"), resource_warning))
+                })
+                .and_then(|_| sock.bind(py).call_method0("close"))
+                .and_then(|_| match server {
+                    // Since 3.13 `_detach` takes the transport, which no
+                    // longer exists here; the server's weak set drops it.
+                    Some(_) if refs(py).map(|r| r.server_detach_takes_transport).unwrap_or(false) => Ok(()),
+                    Some(server) => server.bind(py).call_method0("_detach").map(drop),
+                    None => Ok(()),
+                });
+            if let Err(err) = warned {
+                err.write_unraisable(py, None);
+            }
+        });
+    }
+}
