@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 import weakref
-from asyncio import base_events, selector_events, trsock, unix_events
+from asyncio import base_events, selector_events, transports, trsock, unix_events
 import sys
 from typing import Any, Optional
 
@@ -28,6 +28,31 @@ from ._native import LoopCore, StreamTransport
 _Base = base_events.BaseEventLoop
 _Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]  # private, stable since 3.4
+
+
+class TransportClass(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+    """What a ``StreamTransport`` reports as its ``__class__``, so that
+    ``isinstance(transport, asyncio.Transport)`` (and asyncio's own checks
+    for ``_FlowControlMixin``) hold. Never instantiated."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "TransportClass":
+        raise TypeError("TransportClass only describes StreamTransport; it is not instantiated")
+
+
+class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
+    """asyncio's UDP transport; only its repr needed a selector."""
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        info.append(f"bufsize={self.get_write_buffer_size()}")
+        return f"<{' '.join(info)}>"
 
 
 # Server._attach()/_detach() take the transport since 3.13.
@@ -99,7 +124,10 @@ class NetworkMethods:
     _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
 
     # Datagram and pipe transports are asyncio's, over ferroloop's readiness.
-    _make_datagram_transport = _borrow(_Selector, "_make_datagram_transport")
+    def _make_datagram_transport(
+        self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Optional[dict] = None
+    ) -> "DatagramTransport":
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
     _make_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
     _make_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
 

@@ -79,14 +79,19 @@ def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[[
     return fut
 
 
-async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, operation: Callable[..., Any], *args: Any) -> Any:
-    """``operation(*args)`` now, or when the socket is ready if it would block."""
+async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, method: str, *args: Any) -> Any:
+    """``sock.<method>(*args)`` now, or when the socket is ready if it would
+    block. The method is looked up again for each retry, as asyncio does."""
     check_socket(loop, sock)
     try:
-        return operation(*args)
+        return getattr(sock, method)(*args)
     except _WOULD_BLOCK:
         pass
-    return await wait_for(loop, sock, writing, lambda fut: _complete(fut, operation, args))
+    return await wait_for(loop, sock, writing, lambda fut: _complete(fut, _call_method, (sock, method, args)))
+
+
+def _call_method(sock: socket.socket, method: str, args: tuple) -> Any:
+    return getattr(sock, method)(*args)
 
 
 async def sendall(loop: "Loop", sock: socket.socket, data: Any) -> None:
@@ -246,38 +251,34 @@ async def sendfile(
     return await _sendfile_by_copy(loop, sock, file, offset, count)
 
 
-def _accept(sock: socket.socket) -> tuple[socket.socket, Any]:
-    conn, address = sock.accept()
-    conn.setblocking(False)
-    return conn, address
-
-
 class SocketMethods:
     """The ``sock_*`` methods of ferroloop.Loop."""
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        return await attempt_io(self, sock, False, sock.recv, n)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recv", n)  # type: ignore[arg-type]
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        return await attempt_io(self, sock, False, sock.recv_into, buf)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recv_into", buf)  # type: ignore[arg-type]
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
-        return await attempt_io(self, sock, False, sock.recvfrom, bufsize)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recvfrom", bufsize)  # type: ignore[arg-type]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
-        return await attempt_io(self, sock, False, sock.recvfrom_into, buf, nbytes or len(buf))  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recvfrom_into", buf, nbytes or len(buf))  # type: ignore[arg-type]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         await sendall(self, sock, data)  # type: ignore[arg-type]
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
-        return await attempt_io(self, sock, True, sock.sendto, data, address)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, True, "sendto", data, address)  # type: ignore[arg-type]
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         await connect(self, sock, address)  # type: ignore[arg-type]
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
-        return await attempt_io(self, sock, False, _accept, sock)  # type: ignore[arg-type]
+        conn, address = await attempt_io(self, sock, False, "accept")  # type: ignore[arg-type]
+        conn.setblocking(False)
+        return conn, address
 
     async def sock_sendfile(
         self, sock: socket.socket, file: Any, offset: int = 0, count: Optional[int] = None, *, fallback: bool = True

@@ -52,6 +52,10 @@ struct Refs {
     server_detach_takes_transport: bool,
 }
 
+/// Looked up on first use, not at type creation: `ferroloop._network`
+/// imports this module.
+static TRANSPORT_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 static REFS: PyOnceLock<Refs> = PyOnceLock::new();
 
 fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
@@ -950,8 +954,31 @@ impl StreamTransport {
     }
 
     #[getter]
+    fn _protocol_paused(&self) -> bool {
+        lock(&self.state).protocol_paused
+    }
+
+    #[getter]
     fn _conn_lost(&self) -> u32 {
         lock(&self.state).conn_lost
+    }
+
+    /// `isinstance(transport, asyncio.Transport)` holds, as for asyncio's own
+    /// transports: a native class cannot inherit from asyncio's Python ones
+    /// (their `__slots__` layouts conflict), so the instance reports the
+    /// asyncio-derived class `ferroloop._network.TransportClass` as its
+    /// `__class__`, which `isinstance` consults. `type()` stays the native class.
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let class = TRANSPORT_CLASS
+            .get_or_try_init(py, || Ok::<_, PyErr>(py.import("ferroloop._network")?.getattr("TransportClass")?.unbind()))?;
+        Ok(class.clone_ref(py))
+    }
+
+    /// `loop.start_tls()` accepts this transport.
+    #[classattr]
+    fn _start_tls_compatible() -> bool {
+        true
     }
 
     #[classattr]
