@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 echo "== installing build and test dependencies"
-"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client aiohttp uvicorn httptools httpx websockets 2>&1 | grep -v "Running pip as the 'root' user" || true
 echo "== building and installing ferroloop"
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps . 2>&1 | grep -v "Running pip as the 'root' user" || true
 
@@ -15,8 +15,8 @@ echo "== cargo test"
 libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PYO3_PYTHON="$PYTHON" cargo test --quiet
 
-echo "== CPython test_asyncio (core modules) on ferroloop"
-"$PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group core
+echo "== CPython test_asyncio (core and network modules) on ferroloop"
+"$PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group all
 
 echo "== pytest"
 # Run from tests/ so that `import ferroloop` is the installed package.

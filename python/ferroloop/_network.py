@@ -131,6 +131,14 @@ class NetworkMethods:
     _make_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
     _make_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
 
+    # Subprocesses: asyncio's transport over pipes, with the policy's child
+    # watcher (3.11) or a pidfd/thread watcher (3.12+), as asyncio picks.
+    subprocess_exec = _borrow(_Base, "subprocess_exec")
+    subprocess_shell = _borrow(_Base, "subprocess_shell")
+    _log_subprocess = _borrow(_Base, "_log_subprocess")
+    _make_subprocess_transport = _borrow(_Unix, "_make_subprocess_transport")
+    _child_watcher_callback = _borrow(_Unix, "_child_watcher_callback")
+
     _transports: "weakref.WeakValueDictionary[int, Any]"
 
     def _init_network(self) -> None:
