@@ -156,11 +156,11 @@ class NetworkMethods:
 
     def remove_reader(self, fd: Any) -> bool:
         self._ensure_fd_no_transport(fd)
-        return self._remove_reader(fd)
+        return self._remove_reader(fd)  # type: ignore[misc]
 
     def remove_writer(self, fd: Any) -> bool:
         self._ensure_fd_no_transport(fd)
-        return self._remove_writer(fd)
+        return self._remove_writer(fd)  # type: ignore[misc]
 
     @property
     def _debug(self) -> bool:
@@ -176,7 +176,7 @@ class NetworkMethods:
         server: Any = None,
     ) -> StreamTransport:
         _set_nodelay(sock)
-        transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)
+        transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)  # type: ignore[arg-type]  # a Loop is a LoopCore
         transport._register()
         self._transports[sock.fileno()] = transport
         if server is not None:
@@ -192,11 +192,6 @@ class NetworkMethods:
 
     _remove_reader = LoopCore.remove_reader
     _remove_writer = LoopCore.remove_writer
-
-
-def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
 
 
 def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
