@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One command for the network benchmarks: installs what they need, then
+# compares asyncio, uvloop and ferroloop in the same run.
+#
+#   bash benchmarks/run_network.sh                  # echo.py, then http_bench.py (defaults: ~7 min)
+#   bash benchmarks/run_network.sh echo [ARGS...]   # only echo.py, e.g. echo --quick, echo --callgrind
+#   bash benchmarks/run_network.sh http [ARGS...]   # only http_bench.py, e.g. http --quick
+#
+# Installs uvloop, uvicorn and httptools (pip), wrk (apt-get, if missing) and
+# builds the Rust load generator benchmarks/echo_client (cargo, offline when
+# the registry cache has its crates).  ferroloop: the in-tree build
+# (python/ferroloop with its native module, as scripts/dev-build.sh leaves
+# it) when there is one, else `pip install .` as benchmarks/run.sh does.
+# Each benchmark copies the ferroloop package at its start, so a rebuild
+# during the run does not change what it measures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+what=all
+case "${1:-}" in
+  echo|http|all) what=$1; shift ;;
+esac
+if [[ $what == all && $# -gt 0 ]]; then
+  echo "usage: $0 [echo|http [ARGS...]]  (arguments need 'echo' or 'http' first)" >&2
+  exit 2
+fi
+
+pip_quiet() {
+  "$PYTHON" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | grep -v "Running pip as the 'root' user" || true
+}
+
+pip_quiet uvloop uvicorn httptools
+if ! command -v wrk >/dev/null; then
+  sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
+fi
+
+echo "building benchmarks/echo_client (cargo build --release)" >&2
+manifest=benchmarks/echo_client/Cargo.toml
+cargo build --release --quiet --offline --manifest-path "$manifest" 2>/dev/null \
+  || cargo build --release --quiet --manifest-path "$manifest"
+
+if compgen -G "python/ferroloop/_native*.so" >/dev/null; then
+  echo "ferroloop: the in-tree build in python/ferroloop" >&2
+  export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+else
+  echo "ferroloop: no in-tree build; pip install ." >&2
+  pip_quiet "maturin>=1.5,<2"
+  pip_quiet --no-build-isolation --force-reinstall --no-deps .
+fi
+
+status=0
+if [[ $what == echo || $what == all ]]; then
+  "$PYTHON" benchmarks/echo.py "$@" || status=1
+fi
+if [[ $what == http || $what == all ]]; then
+  [[ $what == all ]] && echo
+  "$PYTHON" benchmarks/http_bench.py "$@" || status=1
+fi
+exit $status
