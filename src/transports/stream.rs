@@ -713,7 +713,7 @@ impl StreamTransport {
             if st.empty_waiter.is_some() {
                 return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
             }
-            let outcome = with_bytes(data, |bytes| {
+            let exported = with_bytes(data, |bytes| {
                 if bytes.is_empty() {
                     return Ok(false);
                 }
@@ -730,8 +730,14 @@ impl StreamTransport {
                     st.buffer.extend(bytes);
                 }
                 Ok(false)
-            })?;
+            });
             drop(st);
+            let outcome = match exported {
+                Ok(outcome) => outcome,
+                // What `sock.send()` would raise for a buffer it cannot
+                // take (a non-contiguous memoryview): a fatal write error.
+                Err(err) => return Self::fatal_error(slf, err, "Fatal write error on socket transport"),
+            };
             match outcome {
                 Ok(true) => {
                     refs(py)?.logger.bind(py).call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
@@ -1089,6 +1095,12 @@ impl StreamTransport {
 }
 
 impl Drop for StreamTransport {
+    /// asyncio's `__del__`: warn about a transport dropped unclosed and close
+    /// its socket. This runs in tp_dealloc, possibly after the garbage
+    /// collector cleared the socket's and the server's Python attributes
+    /// (they can be in the same cycle), so the socket is closed through the
+    /// C-level `_socket.socket.close`, which needs no Python attribute, and a
+    /// server that can no longer be told is left alone.
     fn drop(&mut self) {
         let st = match self.state.get_mut() {
             Ok(st) => st,
@@ -1098,22 +1110,26 @@ impl Drop for StreamTransport {
         let server = st.server.take();
         let fd = self.fd;
         Python::attach(|py| {
-            let warned = py
-                .import("warnings")
-                .and_then(|w| {
-                    let resource_warning = py.get_type::<pyo3::exceptions::PyResourceWarning>();
-                    w.call_method1("warn", (format!("unclosed transport <StreamTransport fd={fd}>"), resource_warning))
-                })
-                .and_then(|_| sock.bind(py).call_method0("close"))
-                .and_then(|_| match server {
-                    // Since 3.13 `_detach` takes the transport, which no
-                    // longer exists here; the server's weak set drops it.
-                    Some(_) if refs(py).map(|r| r.server_detach_takes_transport).unwrap_or(false) => Ok(()),
-                    Some(server) => server.bind(py).call_method0("_detach").map(drop),
-                    None => Ok(()),
-                });
+            let warned = py.import("warnings").and_then(|w| {
+                let resource_warning = py.get_type::<pyo3::exceptions::PyResourceWarning>();
+                w.call_method1("warn", (format!("unclosed transport <StreamTransport fd={fd}>"), resource_warning))
+            });
             if let Err(err) = warned {
                 err.write_unraisable(py, None);
+            }
+            let closed = py
+                .import("_socket")
+                .and_then(|m| m.getattr("socket"))
+                .and_then(|class| class.getattr("close"))
+                .and_then(|close| close.call1((sock.bind(py),)));
+            if let Err(err) = closed {
+                err.write_unraisable(py, None);
+            }
+            let takes_transport = refs(py).map(|r| r.server_detach_takes_transport).unwrap_or(true);
+            if let (Some(server), false) = (server, takes_transport) {
+                // Since 3.13 `_detach` wants the transport, which is gone;
+                // the server's weak set forgets it by itself.
+                let _ = server.bind(py).call_method0("_detach");
             }
         });
     }
