@@ -120,10 +120,6 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
-    pub fn is_closed_flag(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
     pub fn timer_cancelled(&self) {
         lock(&self.sched).timers.note_cancelled();
     }
@@ -394,7 +390,7 @@ impl LoopCore {
         self.running_thread.load(Ordering::Relaxed) != 0
     }
 
-    fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 

@@ -157,7 +157,14 @@ impl Poller {
         let entry = watches.get_mut(&fd)?;
         let removed = entry.slot(direction).take();
         removed.as_ref()?;
-        match entry.interest() {
+        self.settle_after_removal(&mut watches, fd);
+        removed
+    }
+
+    /// After a watcher or transport left the fd's entry: re-register the fd
+    /// for what remains, or forget it when nothing does.
+    fn settle_after_removal(&self, watches: &mut HashMap<RawFd, FdWatch>, fd: RawFd) {
+        match watches.get(&fd).and_then(FdWatch::interest) {
             Some(interest) => {
                 // The fd may already be closed; its watch is gone from epoll
                 // then, which is what we want.
@@ -169,7 +176,6 @@ impl Poller {
                 let _ = self.registry.deregister(&mut SourceFd(&fd));
             }
         }
-        removed
     }
 
     /// Forgets every watcher and transport (loop close) and returns them,
@@ -226,16 +232,7 @@ impl Poller {
         let entry = watches.get_mut(&fd)?;
         let removed = entry.stream.take();
         removed.as_ref()?;
-        match entry.interest() {
-            Some(interest) => {
-                let _ = self.reregister(fd, interest);
-            }
-            None => {
-                watches.remove(&fd);
-                self.watch_count.fetch_sub(1, Ordering::Relaxed);
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
-            }
-        }
+        self.settle_after_removal(&mut watches, fd);
         removed
     }
 

@@ -17,9 +17,9 @@ native (``ferroloop._native.StreamTransport``).
 from __future__ import annotations
 
 import socket
-import weakref
-from asyncio import base_events, selector_events, transports, trsock, unix_events
 import sys
+import weakref
+from asyncio import base_events, futures, selector_events, transports, trsock, unix_events
 from typing import Any, Optional
 
 from ._native import LoopCore, StreamTransport
@@ -78,16 +78,6 @@ def _transport_extra(sock: socket.socket, extra: Optional[dict]) -> dict:
         except socket.error:
             info["peername"] = None
     return info
-
-
-def _set_nodelay(sock: socket.socket) -> None:
-    """TCP_NODELAY on TCP sockets, as asyncio sets it on every transport."""
-    if (
-        sock.family in (socket.AF_INET, socket.AF_INET6)
-        and sock.type == socket.SOCK_STREAM
-        and sock.proto == socket.IPPROTO_TCP
-    ):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class NetworkMethods:
@@ -175,7 +165,7 @@ class NetworkMethods:
         extra: Optional[dict] = None,
         server: Any = None,
     ) -> StreamTransport:
-        _set_nodelay(sock)
+        base_events._set_nodelay(sock)  # type: ignore[attr-defined]  # private, since 3.6
         transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)  # type: ignore[arg-type]  # a Loop is a LoopCore
         transport._register()
         self._transports[sock.fileno()] = transport
@@ -187,13 +177,8 @@ class NetworkMethods:
         self.call_soon(protocol.connection_made, transport)  # type: ignore[attr-defined]
         self.call_soon(transport._start_reading)  # type: ignore[attr-defined]
         if waiter is not None:
-            self.call_soon(_set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
         return transport
 
     _remove_reader = LoopCore.remove_reader
     _remove_writer = LoopCore.remove_writer
-
-
-def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)

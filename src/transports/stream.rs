@@ -29,7 +29,7 @@ use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use super::syscalls::{self, Progress};
 use super::write_buffer::WriteBuffer;
 use crate::event_loop::{is_fatal, LoopCore};
-use crate::handles::Scheduled;
+use crate::handles::{Handle, Scheduled};
 use crate::sync::lock;
 
 /// asyncio's `max_size` for one read.
@@ -540,14 +540,23 @@ impl StreamTransport {
         if is_fatal(py, &err) {
             return Err(err);
         }
+        Self::call_exception_handler(slf, message, err.into_value(py).bind(py).as_any(), Some(protocol))
+    }
+
+    /// `loop.call_exception_handler` with asyncio's transport context keys.
+    fn call_exception_handler(
+        slf: &Bound<'_, Self>,
+        message: &str,
+        exc: &Bound<'_, PyAny>,
+        protocol: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
         let context = PyDict::new(py);
         context.set_item(intern!(py, "message"), message)?;
-        context.set_item(intern!(py, "exception"), err.into_value(py))?;
+        context.set_item(intern!(py, "exception"), exc)?;
         context.set_item(intern!(py, "transport"), slf)?;
         context.set_item(intern!(py, "protocol"), protocol)?;
-        slf.get()
-            .loop_obj(py)
-            .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        slf.get().loop_obj(py).call_method1(intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     }
 
@@ -569,12 +578,7 @@ impl StreamTransport {
             }
         } else {
             let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
-            let context = PyDict::new(py);
-            context.set_item(intern!(py, "message"), message)?;
-            context.set_item(intern!(py, "exception"), &exc)?;
-            context.set_item(intern!(py, "transport"), slf)?;
-            context.set_item(intern!(py, "protocol"), protocol)?;
-            this.loop_obj(py).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            Self::call_exception_handler(slf, message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
         }
         Self::force_close(slf, exc.into_any())
     }
@@ -678,8 +682,12 @@ impl StreamTransport {
         if st.registered || st.conn_lost > 0 {
             return Ok(());
         }
-        this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind())?;
+        let stale = this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind())?;
         st.registered = true;
+        drop(st);
+        for handle in stale {
+            Handle::cancel(handle.bind(slf.py()));
+        }
         Ok(())
     }
 
@@ -992,7 +1000,7 @@ impl StreamTransport {
         Ok(refs(py)?.sendfile_try_native.clone_ref(py))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
+    fn __repr__(&self) -> String {
         let st = lock(&self.state);
         let mut info = vec!["StreamTransport".to_owned()];
         if st.sock.is_none() {
@@ -1001,12 +1009,11 @@ impl StreamTransport {
             info.push("closing".to_owned());
         }
         info.push(format!("fd={}", self.fd));
-        if st.sock.is_some() && !self.event_loop.get().is_closed_flag() {
+        if st.sock.is_some() && !self.event_loop.get().is_closed() {
             info.push(format!("read={}", if st.reading { "polling" } else { "idle" }));
             let writing = if st.buffer.is_empty() { "idle" } else { "polling" };
             info.push(format!("write=<{writing}, bufsize={}>", st.buffer.len()));
         }
-        let _ = py;
         format!("<{}>", info.join(" "))
     }
 
