@@ -10,16 +10,16 @@ too, as a check that the test itself is right.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import hashlib
 import os
 import random
 import shutil
 import socket
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
+from netutil import hang_guard, run_with_loop
 
 import ferroloop
 
@@ -33,31 +33,10 @@ LOOP_FACTORIES = {
 POOL = random.Random(20241124).randbytes(8 * 1024 * 1024)
 
 
-def run_with_loop(factory: Callable[[], asyncio.AbstractEventLoop], coro: Any) -> Any:
-    """Like asyncio.Runner(loop_factory=factory).run(coro), on 3.10 too."""
-    loop = factory()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
 @pytest.fixture(autouse=True)
 def _hang_guard():
-    faulthandler.dump_traceback_later(180, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    with hang_guard(180):
+        yield
 
 
 def _size(rng: random.Random, big: int) -> int:

@@ -9,7 +9,6 @@ asserts that ferroloop ran it.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import hashlib
 import http.client
 import json
@@ -25,11 +24,12 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
+from netutil import hang_guard, run_with_loop
 import uvicorn
 import websockets
 from aiohttp import web
@@ -41,31 +41,10 @@ import ferroloop
 TIMEOUT = 30.0
 
 
-def run_with_loop(factory: Callable[[], asyncio.AbstractEventLoop], coro: Any) -> Any:
-    """Like asyncio.Runner(loop_factory=factory).run(coro), on 3.10 too."""
-    loop = factory()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
 @pytest.fixture(autouse=True)
 def _hang_guard():
-    faulthandler.dump_traceback_later(180, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    with hang_guard(180):
+        yield
 
 
 def loop_module() -> str:

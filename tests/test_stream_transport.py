@@ -12,7 +12,6 @@ transport and for a native one alike.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import hashlib
 import logging
 import os
@@ -25,6 +24,7 @@ import tempfile
 from typing import Any, Awaitable, Callable, Optional
 
 import pytest
+from netutil import hang_guard, run_with_loop
 
 import ferroloop
 
@@ -36,33 +36,10 @@ LOOP_FACTORIES = {
 TIMEOUT = 15.0  # per test body; a hang fails instead of blocking the suite
 
 
-def run_with_loop(factory: Callable[[], asyncio.AbstractEventLoop], coro: Any) -> Any:
-    """Like asyncio.Runner(loop_factory=factory).run(coro), on 3.10 too."""
-    loop = factory()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
 @pytest.fixture(autouse=True)
 def _hang_guard():
-    # Last resort if a loop wedges inside a callback, where wait_for cannot
-    # help: dump every thread's stack and exit instead of hanging forever.
-    faulthandler.dump_traceback_later(120, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    with hang_guard(120):
+        yield
 
 
 @pytest.fixture(params=list(LOOP_FACTORIES))
