@@ -25,7 +25,7 @@ use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
-use crate::metrics::LoopMetrics;
+use crate::metrics::{IoCounters, LoopMetrics};
 
 #[derive(Default)]
 pub struct Schedule {
@@ -56,6 +56,7 @@ pub struct LoopCore {
     pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
     watchdog: Mutex<Option<Watchdog>>,
     pub(crate) metrics: Mutex<LoopMetrics>,
+    pub(crate) io_counters: IoCounters,
     created_ns: u64,
 }
 
@@ -325,6 +326,7 @@ impl LoopCore {
             current_handle: Mutex::new(None),
             watchdog: Mutex::new(None),
             metrics: Mutex::new(LoopMetrics::default()),
+            io_counters: IoCounters::default(),
             created_ns: clock::monotonic_ns(),
         })
     }
@@ -497,6 +499,17 @@ impl LoopCore {
             metrics.lag_max,
             metrics.lag_samples,
         )
+    }
+
+    /// (bytes received, bytes sent) by the loop's transports.
+    fn _io_totals(&self) -> (u64, u64) {
+        self.io_counters.totals()
+    }
+
+    /// Adds bytes a transport written in Python (UDP) moved.
+    fn _count_io(&self, received: usize, sent: usize) {
+        self.io_counters.add_received(received);
+        self.io_counters.add_sent(sent);
     }
 
     /// (phase, callbacks started, iterations): see `activity.rs`.

@@ -2,6 +2,8 @@
 //! lag) and how long it waits in poll (for utilisation). Both are written
 //! only by the loop thread and read on demand by `loop.metrics()`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// Recent lag samples kept for percentiles: enough for a stable p99.
 const LAG_WINDOW: usize = 2048;
 
@@ -60,6 +62,32 @@ impl LoopMetrics {
     }
 }
 
+/// Bytes the loop's transports moved through the kernel. Written by the loop
+/// thread on every read and write, so they are relaxed atomics (a plain add
+/// on x86) rather than fields behind the metrics lock.
+#[derive(Default)]
+pub struct IoCounters {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl IoCounters {
+    #[inline]
+    pub fn add_received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add_sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// (received, sent) so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.received.load(Ordering::Relaxed), self.sent.load(Ordering::Relaxed))
+    }
+}
+
 /// Nearest-rank percentile of sorted samples (0 when there are none).
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
@@ -105,6 +133,15 @@ mod tests {
         metrics.record_lag(f64::NAN);
         let snap = metrics.snapshot();
         assert_eq!((snap.lag_p50, snap.lag_max, snap.lag_samples), (0.0, 0.0, 2));
+    }
+
+    #[test]
+    fn io_counters_add_up() {
+        let io = IoCounters::default();
+        io.add_received(10);
+        io.add_sent(3);
+        io.add_received(5);
+        assert_eq!(io.totals(), (15, 3));
     }
 
     #[test]

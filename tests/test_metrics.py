@@ -95,3 +95,136 @@ def test_openmetrics_text_defaults_to_open_loops(loop):
     finally:
         other.close()
     assert f'loop="{other.metrics()["loop"]}"' not in ferroloop.openmetrics_text()
+
+
+def test_stream_bytes_and_open_transports_are_counted(loop):
+    payload = b"x" * 300_000  # more than one read and, likely, one send
+
+    async def echo(reader, writer):
+        writer.write(await reader.readexactly(len(payload)))
+        await writer.drain()
+        await reader.read()  # stay open until the client closes
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        before = loop.metrics()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        echoed = await reader.readexactly(len(payload))
+        during = loop.metrics()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        return before, during, echoed, loop.metrics()
+
+    before, during, echoed, after = loop.run_until_complete(main())
+    assert echoed == payload
+    # Both ends live in this loop: each byte is sent and received twice.
+    assert during["bytes_sent_total"] - before["bytes_sent_total"] == 2 * len(payload)
+    assert during["bytes_received_total"] - before["bytes_received_total"] == 2 * len(payload)
+    assert (before["open_transports"], during["open_transports"], after["open_transports"]) == (0, 2, 0)
+
+
+def test_buffered_protocol_reads_are_counted(loop):
+    class Sink(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buffer = bytearray(1000)
+            self.total = 0
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.total += nbytes
+
+        def eof_received(self):
+            self.done.set_result(self.total)
+
+    async def main():
+        sink = Sink()
+        server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"y" * 12_345)
+        writer.write_eof()
+        total = await sink.done
+        writer.close()
+        server.close()
+        return total
+
+    assert loop.run_until_complete(main()) == 12_345
+    metrics = loop.metrics()
+    assert metrics["bytes_received_total"] == 12_345
+    assert metrics["bytes_sent_total"] == 12_345
+
+
+def test_datagram_bytes_are_counted_and_the_socket_is_the_real_one(loop):
+    import socket
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data.upper(), addr)
+
+    class Client(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.reply = loop.create_future()
+
+        def datagram_received(self, data, addr):
+            self.reply.set_result(data)
+
+    async def main():
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        address = server.get_extra_info("sockname")
+        client, protocol = await loop.create_datagram_endpoint(Client, remote_addr=address)
+        assert isinstance(client.get_extra_info("socket").fileno(), int)
+        assert client.get_extra_info("socket").type == socket.SOCK_DGRAM
+        open_now = loop.metrics()["open_transports"]
+        client.sendto(b"ping!")
+        reply = await protocol.reply
+        client.close()
+        server.close()
+        await asyncio.sleep(0.01)
+        return open_now, reply
+
+    open_now, reply = loop.run_until_complete(main())
+    assert reply == b"PING!"
+    assert open_now == 2
+    metrics = loop.metrics()
+    assert (metrics["bytes_sent_total"], metrics["bytes_received_total"], metrics["open_transports"]) == (10, 10, 0)
+
+
+def test_pipe_transports_count_as_open(loop):
+    import os
+
+    async def main():
+        read_fd, write_fd = os.pipe()
+        reader = asyncio.StreamReader()
+        read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb")
+        )
+        write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_fd, "wb"))
+        open_now = loop.metrics()["open_transports"]
+        write_transport.write(b"through the pipe")
+        write_transport.close()
+        data = await reader.read()
+        read_transport.close()
+        await asyncio.sleep(0.01)
+        return open_now, data, loop.metrics()["open_transports"]
+
+    assert loop.run_until_complete(main()) == (2, b"through the pipe", 0)
+
+
+def test_openmetrics_text_reports_transport_counters(loop):
+    test_buffered_protocol_reads_are_counted(loop)
+    families = {f.name: f for f in parser.text_string_to_metric_families(ferroloop.openmetrics_text([loop]))}
+    assert families["ferroloop_received_bytes"].samples[0].value == 12_345
+    assert families["ferroloop_sent_bytes"].samples[0].value == 12_345
+    assert families["ferroloop_transports"].samples[0].value == 0

@@ -131,6 +131,7 @@ def test_top_refreshes_with_metrics(monitored):
     output, _ = top.communicate(timeout=10)
     assert output.count("lag p50") >= 2  # refreshed at least twice
     assert "utilisation" in output and "idler" in output
+    assert "transports 0  bytes in 0  out 0" in output  # the program opens no transport
 
 
 def test_monitor_socket_is_private(monitored):

@@ -52,6 +52,7 @@ def collect(loop: "Loop", previous: Optional[dict]) -> dict:
     running = loop._run_clock.running_seconds()
     busy = max(running - waited, 0.0)
     reporter = loop._stall_reporter
+    received, sent = loop._io_totals()
     snapshot = {
         "loop": loop._run_clock.number,
         "taken_at": time.monotonic(),
@@ -68,10 +69,9 @@ def collect(loop: "Loop", previous: Optional[dict]) -> dict:
         "lag_samples_total": lag_samples,
         "tasks_alive": len(asyncio.all_tasks(loop)) if not loop.is_closed() else 0,
         "stalls_total": reporter.stalls if reporter is not None else 0,
-        # Transports arrive with the networking work; until then these stay 0.
-        "bytes_received_total": 0,
-        "bytes_sent_total": 0,
-        "open_transports": 0,
+        "bytes_received_total": received,
+        "bytes_sent_total": sent,
+        "open_transports": loop._open_transport_count() if not loop.is_closed() else 0,
     }
     since = previous or {"taken_at": snapshot["taken_at"] - uptime, "callbacks_total": 0, "running_seconds_total": 0.0, "busy_seconds_total": 0.0}
     interval = snapshot["taken_at"] - since["taken_at"]
@@ -91,9 +91,9 @@ _FAMILIES = (
     ("ferroloop_loop_lag_max_seconds", "gauge", "Latest a timer has fired.", "lag_max_seconds"),
     ("ferroloop_tasks", "gauge", "Tasks of the loop not yet done.", "tasks_alive"),
     ("ferroloop_stalls", "counter", "Stalls reported by the watchdog.", "stalls_total"),
-    ("ferroloop_received_bytes", "counter", "Bytes read by the loop's transports.", "bytes_received_total"),
-    ("ferroloop_sent_bytes", "counter", "Bytes written by the loop's transports.", "bytes_sent_total"),
-    ("ferroloop_transports", "gauge", "Open transports.", "open_transports"),
+    ("ferroloop_received_bytes", "counter", "Bytes read by the loop's socket transports (TCP, Unix, UDP).", "bytes_received_total"),
+    ("ferroloop_sent_bytes", "counter", "Bytes the loop's socket transports handed to the kernel.", "bytes_sent_total"),
+    ("ferroloop_transports", "gauge", "Socket and pipe transports not yet closed.", "open_transports"),
 )
 
 

@@ -264,6 +264,10 @@ def render(state: dict, with_metrics: bool = False) -> str:
                 f"  max {m['lag_max_seconds'] * 1e3:.2f} ms  utilisation {m['utilisation_total']:.0%}"
                 f"  callbacks/s {m['callbacks_per_second']:,.0f}  stalls {m['stalls_total']}"
             )
+            lines.append(
+                f"  transports {m['open_transports']}  bytes in {m['bytes_received_total']:,}"
+                f"  out {m['bytes_sent_total']:,}"
+            )
         header = ("NAME", "STATE", "AGE", "AWAITING", "WHERE")
         rows = [
             (t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")

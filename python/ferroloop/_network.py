@@ -41,8 +41,45 @@ class TransportClass(transports._FlowControlMixin, transports.Transport):  # typ
         raise TypeError("TransportClass only describes StreamTransport; it is not instantiated")
 
 
+class _CountingSocket:
+    """The socket a ``DatagramTransport`` sends and receives through: the
+    real one, plus a count of the bytes it moves for the loop's metrics.
+    Only the transport's internal ``_sock`` is this wrapper; its
+    ``get_extra_info("socket")`` is asyncio's ``TransportSocket`` of the real
+    socket, as on asyncio."""
+
+    __slots__ = ("_real", "_loop")
+
+    def __init__(self, real: socket.socket, loop: LoopCore) -> None:
+        self._real = real
+        self._loop = loop
+
+    def recvfrom(self, bufsize: int) -> Any:
+        data, addr = self._real.recvfrom(bufsize)
+        self._loop._count_io(len(data), 0)
+        return data, addr
+
+    def send(self, data: Any) -> int:
+        sent = self._real.send(data)
+        self._loop._count_io(0, sent)
+        return sent
+
+    def sendto(self, data: Any, address: Any) -> int:
+        sent = self._real.sendto(data, address)
+        self._loop._count_io(0, sent)
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
-    """asyncio's UDP transport; only its repr needed a selector."""
+    """asyncio's UDP transport, counting its bytes; its repr needs no
+    selector."""
+
+    def __init__(self, loop: Any, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(loop, sock, *args, **kwargs)
+        self._sock = _CountingSocket(sock, loop)
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -118,8 +155,18 @@ class NetworkMethods:
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Optional[dict] = None
     ) -> "DatagramTransport":
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
-    _make_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
-    _make_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
+    _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
+    _make_unix_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
+
+    def _make_read_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
+        transport = self._make_unix_read_pipe_transport(*args, **kwargs)
+        self._pipe_transports.add(transport)
+        return transport
+
+    def _make_write_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
+        transport = self._make_unix_write_pipe_transport(*args, **kwargs)
+        self._pipe_transports.add(transport)
+        return transport
 
     # Subprocesses: asyncio's transport over pipes, with the policy's child
     # watcher (3.11) or a pidfd/thread watcher (3.12+), as asyncio picks.
@@ -130,11 +177,28 @@ class NetworkMethods:
     _child_watcher_callback = _borrow(_Unix, "_child_watcher_callback")
 
     _transports: "weakref.WeakValueDictionary[int, Any]"
+    _pipe_transports: "weakref.WeakSet[Any]"
 
     def _init_network(self) -> None:
         # fd -> transport, so that add_reader and sock_* refuse an fd a
         # transport owns, as asyncio does.
         self._transports = weakref.WeakValueDictionary()
+        # Pipe transports are not in `_transports` (asyncio keeps them
+        # apart too); kept only to count open transports.
+        self._pipe_transports = weakref.WeakSet()
+
+    def _open_transport_count(self) -> int:
+        """Socket and pipe transports whose connection is not yet lost.
+        Metrics may be read from another thread while the loop adds a
+        transport, which makes the iteration raise; it is then retried."""
+        for _attempt in range(10):
+            try:
+                sockets = sum(1 for t in list(self._transports.values()) if t._sock is not None)
+                pipes = sum(1 for t in list(self._pipe_transports) if t._pipe is not None)
+                return sockets + pipes
+            except RuntimeError:
+                continue
+        return 0
 
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
         self._ensure_fd_no_transport(fd)

@@ -321,6 +321,7 @@ impl StreamTransport {
                 Ok(ReadOutcome::Exhausted)
             }
             Ok(Some((data, full))) => {
+                slf.get().event_loop.get().io_counters.add_received(data.as_bytes().len());
                 if let Err(err) = deliver(data) {
                     if is_fatal(py, &err) {
                         return Err(err);
@@ -380,6 +381,7 @@ impl StreamTransport {
             }
             Some(outcome) => outcome,
         };
+        slf.get().event_loop.get().io_counters.add_received(nbytes);
         if let Err(err) = buffer_updated.call1((nbytes,)) {
             if is_fatal(py, &err) {
                 return Err(err);
@@ -453,6 +455,7 @@ impl StreamTransport {
             }
             match syscalls::send_until_blocked(this.fd, st.buffer.pending()) {
                 Ok(sent) => {
+                    this.event_loop.get().io_counters.add_sent(sent);
                     st.buffer.consume(sent);
                     None
                 }
@@ -731,6 +734,7 @@ impl StreamTransport {
                 }
                 if st.buffer.is_empty() {
                     let sent = syscalls::send_until_blocked(this.fd, bytes)?;
+                    this.event_loop.get().io_counters.add_sent(sent);
                     if sent < bytes.len() {
                         st.buffer.extend(&bytes[sent..]);
                     }
