@@ -15,6 +15,8 @@ own CPU use, and ratios to uvloop.
     python3 benchmarks/echo.py --callgrind           # + instructions per request
     python3 benchmarks/echo.py --callgrind-only --styles streams
     python3 benchmarks/echo.py --json echo.json
+    python3 benchmarks/echo.py --loops ferroloop,ferroloop-watchdog,ferroloop-watchdog-notrack
+                                                     # the stall watchdog's overhead
 
 See benchmarks/README.md ("Network benchmarks") for what each number means.
 """
@@ -48,7 +50,12 @@ SERVER = HERE / "echo_server.py"
 CLIENT_DIR = HERE / "echo_client"
 CLIENT_BIN = CLIENT_DIR / "target" / "release" / "echo_client"
 
-ALL_LOOPS = ("asyncio", "uvloop", "ferroloop")
+DEFAULT_LOOPS = ("asyncio", "uvloop", "ferroloop")
+# Opt-in, as in core.py: ferroloop with its stall watchdog on (tracking task
+# creation sites, as it does by default) and with the sampling thread alone.
+WATCHED = ("ferroloop-watchdog", "ferroloop-watchdog-notrack")
+ALL_LOOPS = (*DEFAULT_LOOPS, *WATCHED)
+CANDIDATE = "ferroloop"
 ALL_STYLES = ("sock", "streams", "protocol")
 DEFAULT_SIZES = (1024, 10 * 1024, 100 * 1024)
 DEFAULT_CONNS = (1, 10, 100)
@@ -724,6 +731,34 @@ def callgrind_table(cg: list[CgCell], loops: Sequence[str]) -> str:
                           rows, left=5)
 
 
+def watchdog_table(cells: dict[Key, Cell], cg: list[CgCell], args: argparse.Namespace,
+                   loops: Sequence[str]) -> Optional[str]:
+    """ferroloop with the watchdog on, relative to off: server CPU and
+    instructions per request (the costs), and req/s."""
+    if CANDIDATE not in loops:
+        return None
+    instructions = {(c.style, c.conns, c.size, c.gap_us, c.loop): c.ir_per_req for c in cg}
+    rows = []
+    for variant in (v for v in WATCHED if v in loops):
+        for style in args.styles:
+            for size in args.sizes:
+                for conns in args.conns:
+                    on, off = cells.get((style, size, conns, variant)), cells.get((style, size, conns, CANDIDATE))
+                    if on and off and on.samples and off.samples:
+                        rows.append([variant, style, size_label(size), str(conns),
+                                     ratio(on.server_us, off.server_us), ratio(on.req_per_s, off.req_per_s), "—"])
+            for c in cg:
+                if c.loop == variant and c.style == style:
+                    off_ir = instructions.get((c.style, c.conns, c.size, c.gap_us, CANDIDATE))
+                    gap = f"@{c.gap_us} µs" if c.gap_us else ""
+                    rows.append([variant, style, size_label(c.size) + gap, str(c.conns), "—", "—",
+                                 ratio(c.ir_per_req, off_ir)])
+    if not rows:
+        return None
+    return markdown_table(["loop", "style", "size", "conns", "server µs/req on/off", "req/s on/off",
+                           "instr/req on/off"], rows, left=4)
+
+
 def client_busy_note(cells: dict[Key, Cell]) -> Optional[str]:
     busy = [c for c in cells.values() if c.client_pct and c.client_pct >= CLIENT_BUSY_PCT]
     if not busy:
@@ -751,7 +786,7 @@ def environment_line(versions: dict[str, str], args: argparse.Namespace, client:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     text = (f"CPython {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs "
             f"(load average {load} at start); {loops}.")
-    if snapshot is not None and "ferroloop" in versions:
+    if snapshot is not None and any(name.startswith("ferroloop") for name in versions):
         text += f" {snapshot.describe()}."
     if not args.callgrind_only:
         text += (f" Median of {args.reps} interleaved run(s); each {args.duration:g} s measured after "
@@ -765,8 +800,9 @@ def environment_line(versions: dict[str, str], args: argparse.Namespace, client:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loops", type=csv_choice(ALL_LOOPS), default=list(ALL_LOOPS),
-                        help="comma-separated loops (default: asyncio,uvloop,ferroloop)")
+    parser.add_argument("--loops", type=csv_choice(ALL_LOOPS), default=list(DEFAULT_LOOPS),
+                        help="comma-separated loops (default: asyncio,uvloop,ferroloop; add "
+                             "ferroloop-watchdog(-notrack) for the stall watchdog's overhead)")
     parser.add_argument("--styles", type=csv_choice(ALL_STYLES), default=list(ALL_STYLES),
                         help="comma-separated server styles: sock,streams,protocol (default: all)")
     parser.add_argument("--sizes", type=csv_of(parse_size),
@@ -829,7 +865,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(str(error))
         return 1
     with tempfile.TemporaryDirectory(prefix="ferroloop-snapshot-") as snapdir:
-        snapshot = FerroloopSnapshot.take(Path(snapdir)) if "ferroloop" in args.loops else None
+        wants_ferroloop = any(loop.startswith("ferroloop") for loop in args.loops)
+        snapshot = FerroloopSnapshot.take(Path(snapdir)) if wants_ferroloop else None
         return run(args, client, snapshot)
 
 
@@ -878,6 +915,12 @@ def run(args: argparse.Namespace, client: Path, snapshot: Optional[FerroloopSnap
               f"requests after {args.callgrind_warmup} warm-up requests per connection):")
         print()
         print(callgrind_table(cg, loops))
+    watchdog = watchdog_table(cells, cg, args, loops)
+    if watchdog:
+        print()
+        print(f"Stall watchdog overhead (against {CANDIDATE}, same run; > 1 costs more):")
+        print()
+        print(watchdog)
     rebuilt = snapshot.rebuilt_note() if snapshot is not None else None
     if rebuilt:
         print()

@@ -23,6 +23,7 @@ use crate::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
 use crate::poller::{Direction, Poller};
 use crate::pyrefs;
 use crate::sync::lock;
+use crate::task_sites::TaskSites;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
 use crate::metrics::{IoCounters, LoopMetrics};
@@ -48,9 +49,8 @@ pub struct LoopCore {
     pub(crate) activity: Arc<Activity>,
     pub(crate) clock_resolution: f64,
     task_factory: Mutex<Option<Py<PyAny>>>,
-    /// Called with each task create_task makes, while the live view
-    /// (monitor) is on; None otherwise.
-    task_created_hook: Mutex<Option<Py<PyAny>>>,
+    /// Where and when each task was created, while task tracking is on.
+    task_sites: TaskSites,
     /// The handle being run, kept in debug mode only (asyncio's
     /// `_current_handle`, used to add `handle_traceback` to error reports).
     pub(crate) current_handle: Mutex<Option<Py<PyAny>>>,
@@ -322,7 +322,7 @@ impl LoopCore {
             activity: Arc::new(Activity::default()),
             clock_resolution: clock::resolution(),
             task_factory: Mutex::new(None),
-            task_created_hook: Mutex::new(None),
+            task_sites: TaskSites::default(),
             current_handle: Mutex::new(None),
             watchdog: Mutex::new(None),
             metrics: Mutex::new(LoopMetrics::default()),
@@ -627,16 +627,36 @@ impl LoopCore {
                 task
             }
         };
-        let hook = lock(&this.task_created_hook).as_ref().map(|h| h.bind(py).clone());
-        if let Some(hook) = hook {
-            hook.call1((&task,))?;
+        if this.task_sites.enabled() {
+            this.task_sites.record(&task)?;
         }
         Ok(task.unbind())
     }
 
-    fn _set_task_created_hook(&self, hook: Option<Py<PyAny>>) {
-        let previous = std::mem::replace(&mut *lock(&self.task_created_hook), hook);
-        drop(previous);
+    /// Records (or stops recording) where and when create_task makes each
+    /// task; frames whose file starts with one of `internal_prefixes` are
+    /// skipped to find the caller. See `task_sites.rs`.
+    #[pyo3(signature = (enabled, internal_prefixes=Vec::new()))]
+    fn _track_tasks(&self, py: Python<'_>, enabled: bool, internal_prefixes: Vec<String>) -> PyResult<()> {
+        self.task_sites.set_enabled(py, enabled, internal_prefixes)
+    }
+
+    fn _tracking_tasks(&self) -> bool {
+        self.task_sites.enabled()
+    }
+
+    /// How many task creation records are held (for tests of their cleanup).
+    fn _tracked_task_count(&self) -> usize {
+        self.task_sites.len()
+    }
+
+    /// (filename, line, function, creation time on the loop's clock) of
+    /// the create_task call that made `task`, if it was recorded.
+    fn _task_site(&self, task: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, i32, Py<PyAny>, f64)>> {
+        Ok(self
+            .task_sites
+            .lookup(task)?
+            .map(|site| (site.filename, site.line, site.function, site.created_ns as f64 / 1e9)))
     }
 
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {

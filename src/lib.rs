@@ -10,6 +10,7 @@ mod poller;
 mod pyrefs;
 mod run;
 mod sync;
+mod task_sites;
 mod timers;
 mod transports;
 mod watchdog;

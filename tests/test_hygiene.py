@@ -54,7 +54,7 @@ def test_exception_never_retrieved_names_its_creation_line(loop, tracked, line_o
     assert context["task_created_at"] == f"{__file__}:{line_of('# CREATED FAILING')} in main"
 
 
-def test_coroutine_never_awaited_names_its_creation_line(loop, tracked, line_of):
+def never_awaited_warning(loop) -> warnings.WarningMessage:
     async def helper():
         pass
 
@@ -67,7 +67,20 @@ def test_coroutine_never_awaited_names_its_creation_line(loop, tracked, line_of)
         gc.collect()
     [warning] = [w for w in caught if "was never awaited" in str(w.message)]
     assert issubclass(warning.category, RuntimeWarning)
-    message = str(warning.message)
+    return warning
+
+
+def test_coroutine_never_awaited_names_the_line_that_dropped_it(loop, tracked, line_of):
+    # Without debug mode no coroutine's origin is recorded (that would cost
+    # every coroutine); Python's warning points at the line where the
+    # coroutine was dropped, which for a call never awaited is its own line.
+    warning = never_awaited_warning(loop)
+    assert (warning.filename, warning.lineno) == (__file__, line_of("# NEVER AWAITED"))
+
+
+def test_coroutine_never_awaited_in_debug_mode_names_its_creation_line(loop, line_of):
+    loop.set_debug(True)
+    message = str(never_awaited_warning(loop).message)
     assert "Coroutine created at (most recent call last)" in message
     assert f'File "{__file__}", line {line_of("# NEVER AWAITED")}, in main' in message
 
@@ -134,3 +147,71 @@ def test_watchdog_can_run_without_tracking(loop, how, monkeypatch):
     context = destroyed_pending_report(loop)
     assert "task_created_at" not in context
     assert loop.watchdog_threshold == 30
+
+
+def site_of(loop, task) -> tuple[str, int, str]:
+    site = loop._task_site(task)
+    assert site is not None, "no creation site recorded"
+    return site[:3]
+
+
+def test_the_site_is_the_users_line_whichever_api_created_the_task(loop, tracked, line_of):
+    async def child():
+        await asyncio.sleep(0)
+
+    async def main():
+        direct = asyncio.create_task(child())  # VIA ASYNCIO.CREATE_TASK
+        ensured = asyncio.ensure_future(child())  # VIA ENSURE_FUTURE
+        gathered = asyncio.gather(child())  # VIA GATHER
+        [inner] = [t for t in asyncio.all_tasks() if t not in (direct, ensured, asyncio.current_task())]
+        sites = [site_of(loop, t) for t in (direct, ensured, inner)]
+        await asyncio.gather(direct, ensured, gathered)
+        return sites
+
+    sites = loop.run_until_complete(main())
+    assert sites == [
+        (__file__, line_of("# VIA ASYNCIO.CREATE_TASK"), "main"),
+        (__file__, line_of("# VIA ENSURE_FUTURE"), "main"),
+        (__file__, line_of("# VIA GATHER"), "main"),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="TaskGroup is new in 3.11")
+def test_a_task_group_task_is_sited_at_the_users_call(loop, tracked, line_of):
+    async def main():
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(asyncio.sleep(0))  # VIA TASKGROUP
+            return site_of(loop, task)
+
+    assert loop.run_until_complete(main()) == (__file__, line_of("# VIA TASKGROUP"), "main")
+
+
+def test_run_until_complete_sites_the_main_task_at_the_call(loop, tracked, line_of):
+    async def main():
+        return site_of(loop, asyncio.current_task())
+
+    site = loop.run_until_complete(main())  # RUN MAIN
+    assert site == (__file__, line_of("# RUN MAIN"), "test_run_until_complete_sites_the_main_task_at_the_call")
+
+
+def test_creation_records_are_dropped_when_tasks_die(loop, tracked):
+    async def main():
+        for _ in range(1000):
+            await asyncio.create_task(asyncio.sleep(0))
+        gc.collect()
+        asyncio.create_task(asyncio.sleep(0))  # a capture removes the dead ones
+        return loop._tracked_task_count()
+
+    # 1,001 tasks were created; main, the last one, and perhaps one the
+    # interpreter still references are all that may remain.
+    assert loop.run_until_complete(main()) <= 3
+
+
+def test_turning_tracking_off_forgets_the_records(loop, tracked):
+    async def main():
+        task = asyncio.create_task(asyncio.sleep(0))
+        recorded = loop._task_site(task) is not None
+        loop.disable_watchdog()
+        return recorded, loop._task_site(task), loop._tracked_task_count()
+
+    assert loop.run_until_complete(main()) == (True, None, 0)

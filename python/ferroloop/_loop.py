@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ import threading
 import traceback
 import warnings
 import weakref
+import asyncio
 from asyncio import constants, coroutines, events, futures, tasks
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
@@ -35,10 +37,8 @@ from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_so
 
 logger = logging.getLogger("asyncio")
 
-# Frames of each coroutine's creation site recorded while the watchdog tracks
-# tasks: the innermost one names the line. Each frame costs: on a benchmark
-# that creates 100k tasks, depth 1 adds 13% per task and depth 3 adds 50%.
-_WATCHDOG_ORIGIN_DEPTH = 1
+# Frames from these files are skipped to find the line that created a task.
+_INTERNAL_PREFIXES = [os.path.dirname(os.path.abspath(path)) + os.sep for path in (asyncio.__file__, __file__)]
 
 
 # From 3.12 on, asyncio runs a custom exception handler in the context of the
@@ -66,8 +66,15 @@ def _task_of(context: dict) -> Optional[tasks.Task]:
 
 
 def task_creation_site(task: tasks.Task) -> Optional[str]:
-    """Where the task's coroutine was created ("file:line in function"),
-    when coroutine origin tracking recorded it."""
+    """Where the task was created ("file:line in function"): the
+    create_task call the loop recorded (task tracking), or else where its
+    coroutine was created, if coroutine origin tracking (debug mode)
+    recorded it."""
+    loop = task.get_loop()
+    site = loop._task_site(task) if isinstance(loop, LoopCore) else None
+    if site is not None:
+        filename, lineno, function, _created = site
+        return f"{filename}:{lineno} in {function}"
     origin = getattr(task.get_coro(), "cr_origin", None)
     if not origin:
         return None
@@ -143,6 +150,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
         self._stall_reporter: Optional[_watchdog.StallReporter] = None
+        self._monitored = False
         self._init_network()
         self._run_clock = _metrics.register(self)
         self._last_metrics: Optional[dict] = None
@@ -224,7 +232,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             logger.debug("Close %r", self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
-        if self._origin_tracking_depth():
+        if self._tracking_tasks():
             self._report_pending_tasks()
         self.disable_watchdog()
         self._close_native()
@@ -244,27 +252,31 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
 
     def set_debug(self, enabled: bool) -> None:
         self._set_debug_flag(bool(enabled))
-        self._refresh_origin_tracking()
+        self._refresh_tracking()
 
-    def _refresh_origin_tracking(self) -> None:
-        """Debug mode or the watchdog changed: re-apply origin tracking on
-        the loop's thread (the setting is per thread)."""
+    def _refresh_tracking(self) -> None:
+        """Debug mode, the watchdog or the monitor changed: re-apply task
+        tracking, and coroutine origin tracking on the loop's thread (that
+        setting is per thread).
+
+        Task tracking records where and when each task is created, for the
+        hygiene reports and the live view; it costs only ``create_task``
+        a little, so it is on in debug mode, with the watchdog (unless
+        ``track_tasks=False``) and with the monitor. Coroutine origin
+        tracking costs every coroutine, so it stays asyncio's debug-mode
+        feature.
+        """
+        reporter = self._stall_reporter
+        track = self.get_debug() or (reporter is not None and reporter.track_tasks) or self._monitored
+        if track != self._tracking_tasks():
+            self._track_tasks(track, _INTERNAL_PREFIXES)
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, True)
 
     def _origin_tracking_depth(self) -> int:
-        """How many frames of each coroutine's creation site to record.
-
-        Task hygiene reports name where a task's coroutine was created, from
-        ``cr_origin``. Recording it costs a little on every coroutine
-        creation, so it is on in debug mode (asyncio's depth) and with the
-        watchdog (the innermost frames only), and otherwise off.
-        """
-        if self.get_debug():
-            return constants.DEBUG_STACK_DEPTH
-        if self._stall_reporter is not None and self._stall_reporter.track_tasks:
-            return _WATCHDOG_ORIGIN_DEPTH
-        return 0
+        """How many frames of each coroutine's creation site to record:
+        asyncio's depth in debug mode, else none."""
+        return constants.DEBUG_STACK_DEPTH if self.get_debug() else 0
 
     def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
         depth = self._origin_tracking_depth() if enabled else 0
@@ -322,14 +334,14 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         reporter = _watchdog.StallReporter(self, float(threshold), callback, bool(track_tasks))
         self._start_watchdog(float(threshold), reporter)
         self._stall_reporter = reporter
-        self._refresh_origin_tracking()
+        self._refresh_tracking()
 
     def disable_watchdog(self) -> None:
         """Stop the stall watchdog (a no-op if it is not running)."""
         self._stop_watchdog()
         self._stall_reporter = None
         if not self.is_closed():
-            self._refresh_origin_tracking()
+            self._refresh_tracking()
 
     @property
     def watchdog_threshold(self) -> Optional[float]:

@@ -19,7 +19,6 @@ import socket
 import stat
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ _STALL_PROBE_SECONDS = 0.05
 
 _lock = threading.Lock()
 _server: Optional["MonitorServer"] = None
-_task_created: "weakref.WeakKeyDictionary[asyncio.Task, float]" = weakref.WeakKeyDictionary()
 
 
 def default_socket_path(pid: int) -> str:
@@ -63,17 +61,14 @@ def _private_directory(path: str) -> None:
             ) from None
 
 
-def note_task_created(task: asyncio.Task) -> None:
-    _task_created[task] = time.monotonic()
-
-
 def start_for(loop: "Loop") -> None:
     """Start the process's monitor if FERROLOOP_MONITOR asks for one, and
     track the loop's task creation times for it."""
     path = requested_path()
     if path is None:
         return
-    loop._set_task_created_hook(note_task_created)
+    loop._monitored = True
+    loop._refresh_tracking()
     global _server
     with _lock:
         if _server is None:
@@ -176,7 +171,8 @@ def _awaiting(task: asyncio.Task, chain: list[Any]) -> str:
 def describe_task(task: asyncio.Task, running: Optional[asyncio.Task], now: float) -> dict:
     coro = task.get_coro()
     chain = _await_chain(coro)
-    created = _task_created.get(task)
+    site = task.get_loop()._task_site(task)  # type: ignore[attr-defined]  # a ferroloop Loop's task
+    created = site[3] if site is not None else None
     if task is running:
         state = "running"
     elif task.done():
