@@ -616,11 +616,11 @@ impl LoopCore {
                 if let Some(name) = &name {
                     call_kwargs.set_item(intern!(py, "name"), name)?;
                 }
-                pyrefs::get(py)?.task_type.bind(py).call((coro,), Some(&call_kwargs))?
+                pyrefs::get(py)?.task_type.bind(py).call((&coro,), Some(&call_kwargs))?
             }
             Some(factory) => {
                 let kwargs = if call_kwargs.is_empty() { None } else { Some(&call_kwargs) };
-                let task = factory.bind(py).call((slf, coro), kwargs)?;
+                let task = factory.bind(py).call((slf, &coro), kwargs)?;
                 if let Some(name) = &name {
                     task.call_method1(intern!(py, "set_name"), (name,))?;
                 }
@@ -628,7 +628,7 @@ impl LoopCore {
             }
         };
         if this.task_sites.enabled() {
-            this.task_sites.record(&task)?;
+            this.task_sites.record(&task, &coro)?;
         }
         Ok(task.unbind())
     }
@@ -637,8 +637,8 @@ impl LoopCore {
     /// task; frames whose file starts with one of `internal_prefixes` are
     /// skipped to find the caller. See `task_sites.rs`.
     #[pyo3(signature = (enabled, internal_prefixes=Vec::new()))]
-    fn _track_tasks(&self, py: Python<'_>, enabled: bool, internal_prefixes: Vec<String>) -> PyResult<()> {
-        self.task_sites.set_enabled(py, enabled, internal_prefixes)
+    fn _track_tasks(&self, enabled: bool, internal_prefixes: Vec<String>) {
+        self.task_sites.set_enabled(enabled, internal_prefixes)
     }
 
     fn _tracking_tasks(&self) -> bool {

@@ -5,6 +5,7 @@ mod clock;
 mod event_loop;
 mod fast_calls;
 mod handles;
+mod int_hash;
 mod metrics;
 mod poller;
 mod pyrefs;

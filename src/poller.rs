@@ -7,7 +7,7 @@
 //! re-armed with `EPOLL_CTL_MOD`, which makes epoll report it again if it is
 //! still ready: level-triggered behaviour at one syscall per delivered event.
 
-use std::collections::HashMap;
+use crate::int_hash::IntMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -74,7 +74,7 @@ pub struct Poller {
     poll: Mutex<Poll>,
     registry: Registry,
     waker: Waker,
-    watches: Mutex<HashMap<RawFd, FdWatch>>,
+    watches: Mutex<IntMap<RawFd, FdWatch>>,
     watch_count: AtomicUsize,
     rearm: Mutex<Vec<RawFd>>,
     /// Set when `rearm` is non-empty, so the common case costs one load.
@@ -94,7 +94,7 @@ impl Poller {
             poll: Mutex::new(poll),
             registry,
             waker,
-            watches: Mutex::new(HashMap::new()),
+            watches: Mutex::new(IntMap::default()),
             watch_count: AtomicUsize::new(0),
             rearm: Mutex::new(Vec::new()),
             rearm_pending: AtomicBool::new(false),
@@ -163,7 +163,7 @@ impl Poller {
 
     /// After a watcher or transport left the fd's entry: re-register the fd
     /// for what remains, or forget it when nothing does.
-    fn settle_after_removal(&self, watches: &mut HashMap<RawFd, FdWatch>, fd: RawFd) {
+    fn settle_after_removal(&self, watches: &mut IntMap<RawFd, FdWatch>, fd: RawFd) {
         match watches.get(&fd).and_then(FdWatch::interest) {
             Some(interest) => {
                 // The fd may already be closed; its watch is gone from epoll

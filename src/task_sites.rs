@@ -10,22 +10,29 @@
 //! keeps the code object and the offset of the instruction that ran.
 //!
 //! Tasks are not kept alive by the table: each entry holds a weak reference
-//! whose callback queues the entry for removal. Removal happens at the next
-//! capture, not in the callback, because the collector clears weak
-//! references before it runs finalizers, and a task's finalizer is what
-//! reports "Task was destroyed but it is pending!" with its creation site.
+//! to its task, and entries whose task is gone are swept out whenever the
+//! table has doubled since the last sweep (amortised O(1) per task). A weak
+//! reference callback per task would remove entries sooner but cost more
+//! than the rest of the record, and the collector clears weak references
+//! before running finalizers anyway, so a dead reference must be accepted
+//! while a task is being finalized: that is when "Task was destroyed but it
+//! is pending!" asks for its creation site.
 
-use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::clock;
+use crate::int_hash::IntMap;
 use crate::sync::lock;
+
+/// The table is swept once it holds this many entries, and from then on
+/// whenever it has doubled since the last sweep.
+const FIRST_SWEEP: usize = 1024;
 
 /// Code objects remembered as asyncio's or ferroloop's (or not); cleared when
 /// it grows past this, since code objects made at run time could fill it.
@@ -42,50 +49,30 @@ enum Position {
 }
 
 struct Entry {
-    /// A weak reference to the task, with the reaper as its callback.
+    /// A weak reference to the task.
     task_ref: Py<PyAny>,
+    /// The task's coroutine's address: with the weak reference dead, the
+    /// entry is taken to be this task's only if the coroutine matches too.
+    coro_addr: usize,
     code: Py<PyAny>,
     position: Position,
     created_ns: u64,
 }
 
-/// Weak references whose task has died, queued by the reaper.
-#[derive(Default)]
-struct DeadRefs {
-    refs: Mutex<Vec<usize>>,
-    any: AtomicBool,
-}
-
-/// The weak references' callback: queues the dead reference for removal.
-#[pyclass(module = "ferroloop._native", frozen)]
-pub struct SiteReaper {
-    dead: Arc<DeadRefs>,
-}
-
-#[pymethods]
-impl SiteReaper {
-    fn __call__(&self, dead_ref: &Bound<'_, PyAny>) {
-        lock(&self.dead.refs).push(dead_ref.as_ptr() as usize);
-        self.dead.any.store(true, Ordering::Relaxed);
-    }
-}
-
 #[derive(Default)]
 struct Table {
     /// Task address -> entry.
-    entries: HashMap<usize, Entry>,
-    /// Weak reference address -> task address, to remove reaped entries.
-    by_ref: HashMap<usize, usize>,
+    entries: IntMap<usize, Entry>,
+    /// Sweep when `entries` reaches this size.
+    sweep_at: usize,
     /// Code address -> (the code, kept so its address stays its own; whether
     /// it is asyncio's or ferroloop's).
-    internal: HashMap<usize, (Py<PyAny>, bool)>,
+    internal: IntMap<usize, (Py<PyAny>, bool)>,
 }
 
 pub struct TaskSites {
     enabled: AtomicBool,
     table: Mutex<Table>,
-    dead: Arc<DeadRefs>,
-    reaper: Mutex<Option<Py<SiteReaper>>>,
     /// Filename prefixes of the packages whose frames are skipped to find
     /// the caller: asyncio's and ferroloop's.
     internal_prefixes: Mutex<Vec<String>>,
@@ -96,8 +83,6 @@ impl Default for TaskSites {
         Self {
             enabled: AtomicBool::new(false),
             table: Mutex::new(Table::default()),
-            dead: Arc::new(DeadRefs::default()),
-            reaper: Mutex::new(None),
             internal_prefixes: Mutex::new(Vec::new()),
         }
     }
@@ -118,51 +103,59 @@ impl TaskSites {
     }
 
     /// Turns recording on or off; off forgets every entry.
-    pub fn set_enabled(&self, py: Python<'_>, enabled: bool, internal_prefixes: Vec<String>) -> PyResult<()> {
+    pub fn set_enabled(&self, enabled: bool, internal_prefixes: Vec<String>) {
         if enabled {
-            let mut reaper = lock(&self.reaper);
-            if reaper.is_none() {
-                *reaper = Some(Py::new(py, SiteReaper { dead: Arc::clone(&self.dead) })?);
-            }
             *lock(&self.internal_prefixes) = internal_prefixes;
         }
         self.enabled.store(enabled, Ordering::Relaxed);
         if !enabled {
             let forgotten = std::mem::take(&mut *lock(&self.table));
-            lock(&self.dead.refs).clear();
             drop(forgotten);
         }
-        Ok(())
     }
 
     /// Records where `task` is being created: the innermost Python frame
     /// outside asyncio and ferroloop (or, when every frame is theirs, the
     /// innermost one).
-    pub fn record(&self, task: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub fn record(&self, task: &Bound<'_, PyAny>, coro: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = task.py();
-        self.remove_reaped();
         let Some((code, position)) = self.caller(py)? else { return Ok(()) };
-        let Some(reaper) = lock(&self.reaper).as_ref().map(|r| r.clone_ref(py)) else { return Ok(()) };
-        // SAFETY: `task` and `reaper` are live objects and the GIL is held;
+        // SAFETY: `task` is a live object and the GIL is held;
         // PyWeakref_NewRef returns a new reference or NULL with an exception
         // set (a task type that takes no weak references), which
         // from_owned_ptr_or_err turns into an error.
-        let task_ref = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), reaper.as_ptr()))? };
-        let key = task.as_ptr() as usize;
-        let entry = Entry { task_ref: task_ref.unbind(), code: code.unbind(), position, created_ns: clock::monotonic_ns() };
-        let replaced = {
+        let task_ref = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? };
+        let entry = Entry {
+            task_ref: task_ref.unbind(),
+            coro_addr: coro.as_ptr() as usize,
+            code: code.unbind(),
+            position,
+            created_ns: clock::monotonic_ns(),
+        };
+        let released = {
             let mut table = lock(&self.table);
-            table.by_ref.insert(entry.task_ref.as_ptr() as usize, key);
-            let replaced = table.entries.insert(key, entry);
-            if let Some(old) = &replaced {
-                table.by_ref.remove(&(old.task_ref.as_ptr() as usize));
-            }
-            replaced
+            let replaced = table.entries.insert(task.as_ptr() as usize, entry);
+            let swept = if table.entries.len() >= table.sweep_at.max(FIRST_SWEEP) { Self::sweep(&mut table) } else { Vec::new() };
+            (replaced, swept)
         };
         // Dropped with the lock released: dropping references runs no
         // Python code here, but nothing has to be proved that way.
-        drop(replaced);
+        drop(released);
         Ok(())
+    }
+
+    /// Takes out the entries whose task is gone (to be dropped by the
+    /// caller, outside the lock).
+    fn sweep(table: &mut Table) -> Vec<Entry> {
+        let dead: Vec<usize> = table
+            .entries
+            .iter()
+            .filter(|(_, entry)| !referent_alive(&entry.task_ref))
+            .map(|(key, _)| *key)
+            .collect();
+        let removed = dead.iter().filter_map(|key| table.entries.remove(key)).collect();
+        table.sweep_at = (table.entries.len() * 2).max(FIRST_SWEEP);
+        removed
     }
 
     /// Where and when `task` was created, if recorded.
@@ -170,15 +163,24 @@ impl TaskSites {
         let py = task.py();
         let found = {
             let table = lock(&self.table);
-            table.entries.get(&(task.as_ptr() as usize)).map(|e| (e.task_ref.clone_ref(py), e.code.clone_ref(py), e.position, e.created_ns))
+            table
+                .entries
+                .get(&(task.as_ptr() as usize))
+                .map(|e| (e.task_ref.clone_ref(py), e.coro_addr, e.code.clone_ref(py), e.position, e.created_ns))
         };
-        let Some((task_ref, code, position, created_ns)) = found else { return Ok(None) };
+        let Some((task_ref, coro_addr, code, position, created_ns)) = found else { return Ok(None) };
         // A live reference must point at this task. A dead one is expected
-        // while the task is being finalized (see the module comment);
-        // removal at the next capture keeps a dead entry from outliving
-        // that moment for long.
+        // while the task is being finalized (see the module comment), and
+        // then the coroutine must match too, so that an entry left by a
+        // dead task whose address a new, unrecorded task took is not
+        // mistaken for the new task's.
         let referent = task_ref.bind(py).call0()?;
-        if !referent.is_none() && !referent.is(task) {
+        let same_task = if referent.is_none() {
+            task.call_method0(pyo3::intern!(py, "get_coro"))?.as_ptr() as usize == coro_addr
+        } else {
+            referent.is(task)
+        };
+        if !same_task {
             return Ok(None);
         }
         let code = code.bind(py);
@@ -200,24 +202,6 @@ impl TaskSites {
     /// Entries held, reaped ones not yet removed included.
     pub fn len(&self) -> usize {
         lock(&self.table).entries.len()
-    }
-
-    fn remove_reaped(&self) {
-        if !self.dead.any.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let dead = std::mem::take(&mut *lock(&self.dead.refs));
-        let mut removed = Vec::with_capacity(dead.len());
-        {
-            let mut table = lock(&self.table);
-            for dead_ref in dead {
-                let Some(key) = table.by_ref.remove(&dead_ref) else { continue };
-                if table.entries.get(&key).is_some_and(|e| e.task_ref.as_ptr() as usize == dead_ref) {
-                    removed.extend(table.entries.remove(&key));
-                }
-            }
-        }
-        drop(removed);
     }
 
     /// The calling frame's code and position, skipping asyncio's and
@@ -264,12 +248,39 @@ impl TaskSites {
         let internal = lock(&self.internal_prefixes).iter().any(|prefix| filename.starts_with(prefix.as_str()));
         let evicted = {
             let mut table = lock(&self.table);
-            let evicted = if table.internal.len() >= INTERNAL_CACHE_LIMIT { std::mem::take(&mut table.internal) } else { HashMap::new() };
+            let evicted = if table.internal.len() >= INTERNAL_CACHE_LIMIT { std::mem::take(&mut table.internal) } else { IntMap::default() };
             table.internal.insert(key, (code.clone().unbind(), internal));
             evicted
         };
         drop(evicted);
         Ok(internal)
+    }
+}
+
+/// Whether the object a weak reference points to is still alive (the GIL
+/// must be held, as it is wherever a `Py` is read).
+fn referent_alive(weak: &Py<PyAny>) -> bool {
+    #[cfg(Py_3_13)]
+    {
+        let mut referent: *mut ffi::PyObject = std::ptr::null_mut();
+        // SAFETY: `weak` is a weak reference object and the GIL is held;
+        // PyWeakref_GetRef stores a new reference (or NULL when the referent
+        // is gone) into `referent`, which is released at once.
+        unsafe {
+            let found = ffi::PyWeakref_GetRef(weak.as_ptr(), &mut referent);
+            if referent.is_null() {
+                return false;
+            }
+            ffi::Py_DECREF(referent);
+            found > 0
+        }
+    }
+    #[cfg(not(Py_3_13))]
+    {
+        // SAFETY: `weak` is a weak reference object and the GIL is held;
+        // PyWeakref_GetObject returns a borrowed reference: None once the
+        // referent is gone.
+        unsafe { ffi::PyWeakref_GetObject(weak.as_ptr()) != ffi::Py_None() }
     }
 }
 

@@ -298,7 +298,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         """Tasks still pending when the loop closes never finish: name them
         and where they were created (task hygiene, with tracking on)."""
         for task in tasks.all_tasks(self):
-            site = task_creation_site(task) or "unknown (coroutine origin not recorded)"
+            site = task_creation_site(task) or "unknown (created before tracking was on)"
             _watchdog.logger.warning("Task still pending when the loop closed: %r, created at %s", task, site)
 
     # -- stall watchdog ----------------------------------------------------
@@ -320,9 +320,9 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         records as dicts, called from the watchdog thread.
 
         ``track_tasks`` (default: on, unless ``FERROLOOP_TRACK_TASKS=0``)
-        also records where each coroutine is created, so that task hygiene
-        reports name the line; that costs a little on every coroutine
-        creation, while the watchdog's sampling costs the loop nothing.
+        also records where each task is created, so that task hygiene
+        reports name the line; that costs ``create_task`` a little, while
+        the watchdog's sampling costs the loop nothing.
         """
         if track_tasks is None:
             track_tasks = _watchdog.track_tasks_from_environment()
