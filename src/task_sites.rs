@@ -125,6 +125,20 @@ impl TaskSites {
         // set (a task type that takes no weak references), which
         // from_owned_ptr_or_err turns into an error.
         let task_ref = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? };
+        // A weak reference is a GC-tracked object, and one per live task,
+        // outliving its task until the next sweep, made the collector's
+        // older generations grow: creating tasks cost 20-47% more CPU time
+        // with no more instructions (pointer chasing). Without a callback
+        // a weak reference holds no strong reference the collector could
+        // need to see, so it can leave the collector's lists.
+        // SAFETY: `task_ref` is a live weak reference with no callback (we
+        // passed none; a shared basic reference has none either), and the
+        // GIL is held; weakref_dealloc untracks only if still tracked.
+        unsafe {
+            if ffi::PyObject_GC_IsTracked(task_ref.as_ptr()) != 0 {
+                ffi::PyObject_GC_UnTrack(task_ref.as_ptr().cast());
+            }
+        }
         let entry = Entry {
             task_ref: task_ref.unbind(),
             coro_addr: coro.as_ptr() as usize,
