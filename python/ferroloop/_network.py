@@ -190,15 +190,14 @@ class NetworkMethods:
     def _open_transport_count(self) -> int:
         """Socket and pipe transports whose connection is not yet lost.
         Metrics may be read from another thread while the loop adds a
-        transport, which makes the iteration raise; it is then retried."""
-        for _attempt in range(10):
-            try:
-                sockets = sum(1 for t in list(self._transports.values()) if t._sock is not None)
-                pipes = sum(1 for t in list(self._pipe_transports) if t._pipe is not None)
-                return sockets + pipes
-            except RuntimeError:
-                continue
-        return 0
+        transport, so the weak containers' underlying dict and set are
+        copied first: a C-level copy no other thread can interrupt, where
+        iterating the containers themselves could raise mid-way."""
+        sockets = [ref() for ref in tuple(self._transports.data.values())]  # type: ignore[attr-defined]  # the storage weakref's containers have had since 3.0
+        pipes = [ref() for ref in tuple(self._pipe_transports.data)]  # type: ignore[attr-defined]
+        return sum(1 for t in sockets if t is not None and t._sock is not None) + sum(
+            1 for t in pipes if t is not None and t._pipe is not None
+        )
 
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
         self._ensure_fd_no_transport(fd)
