@@ -20,13 +20,14 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::activity::Activity;
 use crate::clock;
 use crate::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
-use crate::poller::{Direction, Poller};
+use crate::poller::{Direction, Poller, Watcher};
 use crate::pyrefs;
 use crate::sync::lock;
 use crate::task_sites::TaskSites;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
 use crate::metrics::{IoCounters, LoopMetrics};
+use crate::sock_calls::{self, TransportTable};
 
 #[derive(Default)]
 pub struct Schedule {
@@ -58,6 +59,8 @@ pub struct LoopCore {
     pub(crate) metrics: Mutex<LoopMetrics>,
     pub(crate) io_counters: IoCounters,
     created_ns: u64,
+    /// The Python side's fd -> transport table, for `sock_*` checks.
+    transport_table: TransportTable,
 }
 
 fn current_thread_ident() -> u64 {
@@ -272,6 +275,27 @@ impl LoopCore {
         slf.get().schedule_at(slf, when, callback, args, context)
     }
 
+    /// `asyncio.Future(loop=self)`, through vectorcall: no keyword dict.
+    pub(crate) fn new_future<'py>(&self, slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let refs = pyrefs::get(py)?;
+        let args = [slf.as_ptr()];
+        // SAFETY: `args` holds one borrowed reference, the value of the one
+        // keyword named in the `("loop",)` tuple, with no positional
+        // arguments; both outlive the call. The result is a new reference
+        // or NULL with an exception set.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyObject_Vectorcall(refs.future_type.as_ptr(), args.as_ptr(), 0, refs.loop_keyword.as_ptr()),
+            )
+        }
+    }
+
+    pub(crate) fn ensure_fd_no_transport(&self, slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        sock_calls::ensure_fd_no_transport(&self.transport_table, slf, fd)
+    }
+
     fn add_watch(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -284,9 +308,9 @@ impl LoopCore {
         this.check_closed()?;
         let core = this.handle_core(slf, callback, args, None)?;
         let handle = Py::new(slf.py(), Handle { core })?;
-        let replaced = this.poller.watch(fd, direction, handle.clone_ref(slf.py()))?;
+        let replaced = this.poller.watch(fd, direction, Watcher::Callback(handle.clone_ref(slf.py())))?;
         if let Some(old) = replaced {
-            Handle::cancel(old.bind(slf.py()));
+            old.retire(slf.py());
         }
         Ok(handle)
     }
@@ -298,8 +322,8 @@ impl LoopCore {
             return Ok(false);
         }
         match this.poller.unwatch(fd, direction) {
-            Some(handle) => {
-                Handle::cancel(handle.bind(slf.py()));
+            Some(watcher) => {
+                watcher.retire(slf.py());
                 Ok(true)
             }
             None => Ok(false),
@@ -328,6 +352,7 @@ impl LoopCore {
             metrics: Mutex::new(LoopMetrics::default()),
             io_counters: IoCounters::default(),
             created_ns: clock::monotonic_ns(),
+            transport_table: TransportTable::new(),
         })
     }
 
@@ -583,10 +608,51 @@ impl LoopCore {
     }
 
     fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "loop"), slf)?;
-        Ok(pyrefs::get(py)?.future_type.bind(py).call((), Some(&kwargs))?.unbind())
+        Ok(slf.get().new_future(slf)?.unbind())
+    }
+
+    /// Called once by the Python side with its `_transports` storage.
+    fn _set_transport_table(&self, table: Bound<'_, PyDict>) {
+        let _ = self.transport_table.set(table.unbind());
+    }
+
+    fn sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_recv(slf, sock, n)
+    }
+
+    fn sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_recv_into(slf, sock, buf)
+    }
+
+    fn sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_sendall(slf, sock, data)
+    }
+
+    fn sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_method(slf, "sock_accept", sock, vec![])
+    }
+
+    fn sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_method(slf, "sock_recvfrom", sock, vec![bufsize.clone()])
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+        nbytes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_recvfrom_into(slf, sock, buf, nbytes)
+    }
+
+    fn sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_method(slf, "sock_sendto", sock, vec![data.clone(), address.clone()])
     }
 
     #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]

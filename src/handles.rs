@@ -19,6 +19,7 @@ use crate::event_loop::LoopCore;
 use crate::pyrefs;
 use crate::sync::lock;
 use crate::timers::TimerItem;
+use crate::sock_calls::SockCall;
 use crate::transports::stream::StreamTransport;
 
 struct Payload {
@@ -416,6 +417,9 @@ pub enum Scheduled {
     /// A transport whose socket became ready: it runs its own I/O, with no
     /// Python handle in between.
     Io(Py<StreamTransport>),
+    /// A waiting `sock_*` call whose socket became ready: it retries its
+    /// syscall and settles its future, also with no Python handle.
+    Sock(Py<SockCall>),
 }
 
 impl Scheduled {
@@ -425,7 +429,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => Some(&h.get().core),
             Scheduled::Timer(t) => Some(&t.get().core),
-            Scheduled::Io(_) => None,
+            Scheduled::Io(_) | Scheduled::Sock(_) => None,
         }
     }
 
@@ -434,6 +438,7 @@ impl Scheduled {
             Scheduled::Plain(h) => h.bind(py).clone().into_any(),
             Scheduled::Timer(t) => t.bind(py).clone().into_any(),
             Scheduled::Io(s) => s.bind(py).clone().into_any(),
+            Scheduled::Sock(c) => c.bind(py).clone().into_any(),
         }
     }
 
@@ -444,6 +449,7 @@ impl Scheduled {
             Scheduled::Plain(h) => h.drop_ref(py),
             Scheduled::Timer(t) => t.drop_ref(py),
             Scheduled::Io(s) => s.drop_ref(py),
+            Scheduled::Sock(c) => c.drop_ref(py),
         }
     }
 
@@ -452,6 +458,7 @@ impl Scheduled {
             Scheduled::Plain(h) => visit.call(h),
             Scheduled::Timer(t) => visit.call(t),
             Scheduled::Io(s) => visit.call(s),
+            Scheduled::Sock(c) => visit.call(c),
         }
     }
 }

@@ -10,6 +10,7 @@ mod metrics;
 mod poller;
 mod pyrefs;
 mod run;
+mod sock_calls;
 mod sync;
 mod task_sites;
 mod timers;
@@ -24,6 +25,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<sock_calls::SockCall>()?;
     for (name, descriptor) in fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

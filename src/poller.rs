@@ -1,11 +1,15 @@
-//! Readiness: the mio poll, fd watchers for `add_reader`/`add_writer`, the
-//! cross-thread waker and the signal wakeup pipe.
+//! Readiness: the mio poll, fd watchers for `add_reader`/`add_writer` and
+//! the native `sock_*` calls, the cross-thread waker and the signal wakeup
+//! pipe.
 //!
 //! mio registers everything edge-triggered, while asyncio's `add_reader`
 //! promises level-triggered callbacks (called on every iteration while the fd
 //! stays readable). After a watcher's callback has had its turn, the fd is
 //! re-armed with `EPOLL_CTL_MOD`, which makes epoll report it again if it is
 //! still ready: level-triggered behaviour at one syscall per delivered event.
+//! A waiting `sock_*` call needs no re-arming: it only waits after its
+//! syscall found the socket drained (EAGAIN), and retries until it does again
+//! or completes, which is exactly what edge-triggered readiness asks for.
 
 use crate::int_hash::IntMap;
 use std::io::{self, Read};
@@ -20,6 +24,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
+use crate::sock_calls::SockCall;
 use crate::sync::lock;
 use crate::transports::stream::StreamTransport;
 
@@ -32,17 +37,43 @@ pub enum Direction {
     Write,
 }
 
+/// What waits on one direction of an fd. As in asyncio, there is one slot
+/// per direction: a `sock_*` call and an `add_reader` callback replace each
+/// other.
+pub enum Watcher {
+    Callback(Py<Handle>),
+    Sock(Py<SockCall>),
+}
+
+impl Watcher {
+    fn is_live(&self) -> bool {
+        match self {
+            Watcher::Callback(handle) => !handle.get().core.is_cancelled(),
+            Watcher::Sock(_) => true,
+        }
+    }
+
+    /// Ends a watcher that lost its slot: a callback is cancelled, as
+    /// asyncio cancels a replaced or removed handle; a `sock_*` call is left
+    /// waiting, as asyncio leaves its future.
+    pub fn retire(self, py: Python<'_>) {
+        if let Watcher::Callback(handle) = self {
+            Handle::cancel(handle.bind(py));
+        }
+    }
+}
+
 #[derive(Default)]
 struct FdWatch {
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
+    reader: Option<Watcher>,
+    writer: Option<Watcher>,
     /// A transport owning the fd; registered edge-triggered for both
     /// directions for its whole life, never re-armed.
     stream: Option<Py<StreamTransport>>,
 }
 
 impl FdWatch {
-    fn slot(&mut self, direction: Direction) -> &mut Option<Py<Handle>> {
+    fn slot(&mut self, direction: Direction) -> &mut Option<Watcher> {
         match direction {
             Direction::Read => &mut self.reader,
             Direction::Write => &mut self.writer,
@@ -67,6 +98,7 @@ impl FdWatch {
 pub struct Dispatch {
     pub handles: Vec<Py<Handle>>,
     pub streams: Vec<Py<StreamTransport>>,
+    pub sock_calls: Vec<Py<SockCall>>,
     pub signal_pipe_ready: bool,
 }
 
@@ -117,14 +149,14 @@ impl Poller {
         self.watch_count.load(Ordering::Relaxed) > 0
     }
 
-    /// Installs `handle` as the fd's reader or writer. Returns the handle it
-    /// replaced, which the caller cancels (outside of any lock).
-    pub fn watch(&self, fd: RawFd, direction: Direction, handle: Py<Handle>) -> io::Result<Option<Py<Handle>>> {
+    /// Installs `watcher` as the fd's reader or writer. Returns the watcher
+    /// it replaced, which the caller retires (outside of any lock).
+    pub fn watch(&self, fd: RawFd, direction: Direction, watcher: Watcher) -> io::Result<Option<Watcher>> {
         let mut watches = lock(&self.watches);
         let is_new = !watches.contains_key(&fd);
         let entry = watches.entry(fd).or_default();
         let was_registered = entry.interest().is_some();
-        let previous = entry.slot(direction).replace(handle);
+        let previous = entry.slot(direction).replace(watcher);
         let interest = entry.interest().unwrap_or(Interest::READABLE);
         let outcome = if was_registered {
             self.reregister(fd, interest)
@@ -152,13 +184,29 @@ impl Poller {
     }
 
     /// Removes the fd's reader or writer and returns it.
-    pub fn unwatch(&self, fd: RawFd, direction: Direction) -> Option<Py<Handle>> {
+    pub fn unwatch(&self, fd: RawFd, direction: Direction) -> Option<Watcher> {
         let mut watches = lock(&self.watches);
         let entry = watches.get_mut(&fd)?;
         let removed = entry.slot(direction).take();
         removed.as_ref()?;
         self.settle_after_removal(&mut watches, fd);
         removed
+    }
+
+    /// Removes `call` from the slot, unless something else has replaced it
+    /// there since. Returns whether it was removed.
+    pub fn unwatch_sock_call(&self, fd: RawFd, direction: Direction, call: &Py<SockCall>) -> bool {
+        let mut watches = lock(&self.watches);
+        let Some(entry) = watches.get_mut(&fd) else { return false };
+        let slot = entry.slot(direction);
+        if !matches!(slot, Some(Watcher::Sock(waiting)) if waiting.is(call)) {
+            return false;
+        }
+        let removed = slot.take();
+        self.settle_after_removal(&mut watches, fd);
+        drop(watches);
+        drop(removed);
+        true
     }
 
     /// After a watcher or transport left the fd's entry: re-register the fd
@@ -180,7 +228,7 @@ impl Poller {
 
     /// Forgets every watcher and transport (loop close) and returns them,
     /// to be released outside the lock.
-    pub fn unwatch_all(&self) -> (Vec<Py<Handle>>, Vec<Py<StreamTransport>>) {
+    pub fn unwatch_all(&self) -> (Vec<Watcher>, Vec<Py<StreamTransport>>) {
         let mut watches = lock(&self.watches);
         let mut handles = Vec::new();
         let mut streams = Vec::new();
@@ -196,12 +244,12 @@ impl Poller {
 
     /// Hands the fd to a transport. A watcher left on a reused fd number is
     /// replaced and returned for cancelling.
-    pub fn attach_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Vec<Py<Handle>>> {
+    pub fn attach_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Vec<Watcher>> {
         let mut watches = lock(&self.watches);
         let is_new = !watches.contains_key(&fd);
         let entry = watches.entry(fd).or_default();
         let was_registered = entry.interest().is_some();
-        let stale: Vec<Py<Handle>> = entry.reader.take().into_iter().chain(entry.writer.take()).collect();
+        let stale: Vec<Watcher> = entry.reader.take().into_iter().chain(entry.writer.take()).collect();
         let previous = entry.stream.replace(transport);
         let interest = Interest::READABLE | Interest::WRITABLE;
         let outcome = if was_registered { self.reregister(fd, interest) } else { self.register(fd, interest) };
@@ -305,16 +353,10 @@ impl Poller {
                     }
                     let mut delivered = false;
                     if event.is_readable() || failed {
-                        if let Some(reader) = watch.reader.as_ref().filter(|h| !h.get().core.is_cancelled()) {
-                            out.handles.push(reader.clone_ref(py));
-                            delivered = true;
-                        }
+                        delivered |= Self::deliver(py, watch.reader.as_ref(), out);
                     }
                     if event.is_writable() || failed {
-                        if let Some(writer) = watch.writer.as_ref().filter(|h| !h.get().core.is_cancelled()) {
-                            out.handles.push(writer.clone_ref(py));
-                            delivered = true;
-                        }
+                        delivered |= Self::deliver(py, watch.writer.as_ref(), out);
                     }
                     if delivered {
                         rearm.push(fd);
@@ -322,6 +364,22 @@ impl Poller {
                     }
                 }
             }
+        }
+    }
+
+    /// Queues a ready watcher; true when it is a callback, whose fd must be
+    /// re-armed for level-triggered behaviour.
+    fn deliver(py: Python<'_>, watcher: Option<&Watcher>, out: &mut Dispatch) -> bool {
+        match watcher.filter(|w| w.is_live()) {
+            Some(Watcher::Callback(handle)) => {
+                out.handles.push(handle.clone_ref(py));
+                true
+            }
+            Some(Watcher::Sock(call)) => {
+                out.sock_calls.push(call.clone_ref(py));
+                false
+            }
+            None => false,
         }
     }
 

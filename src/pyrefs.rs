@@ -2,9 +2,12 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
 pub struct PyRefs {
     pub future_type: Py<PyAny>,
+    /// `("loop",)`: the keyword names of a vectorcall `Future(loop=...)`.
+    pub loop_keyword: Py<PyTuple>,
     pub task_type: Py<PyAny>,
     pub format_callback_source: Py<PyAny>,
     pub iscoroutine: Py<PyAny>,
@@ -24,6 +27,7 @@ pub fn get(py: Python<'_>) -> PyResult<&'static PyRefs> {
         let glue = py.import("ferroloop._glue")?;
         Ok(PyRefs {
             future_type: asyncio.getattr("Future")?.unbind(),
+            loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
             format_callback_source: format_helpers.getattr("_format_callback_source")?.unbind(),
             iscoroutine: coroutines.getattr("iscoroutine")?.unbind(),

@@ -18,6 +18,7 @@ use crate::activity::{PHASE_IDLE, PHASE_POLLING};
 use crate::clock;
 use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
 use crate::handles::{Scheduled, TimerHandle};
+use crate::sock_calls::SockCall;
 use crate::transports::stream::StreamTransport;
 use pyo3::types::PyDict;
 use crate::poller::Dispatch;
@@ -181,6 +182,10 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
         let mut sched = lock(&this.sched);
         sched.ready.extend(s.dispatch.streams.drain(..).map(Scheduled::Io));
     }
+    if !s.dispatch.sock_calls.is_empty() {
+        let mut sched = lock(&this.sched);
+        sched.ready.extend(s.dispatch.sock_calls.drain(..).map(Scheduled::Sock));
+    }
     if s.dispatch.signal_pipe_ready {
         let signums = this.poller.drain_signal_pipe();
         py.check_signals()?;
@@ -203,14 +208,13 @@ fn run_batch(slf: &Bound<'_, LoopCore>, this: &LoopCore, batch: &mut VecDeque<Sc
 
 fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
-    if let Scheduled::Io(transport) = item {
+    let Some(core) = item.core() else {
         this.activity.begin_callback();
         if this.debug_enabled() {
             return run_timed(slf, this, item);
         }
-        return run_io(slf, transport.bind(py));
-    }
-    let Some(core) = item.core() else { return Ok(()) };
+        return run_native_io(slf, item);
+    };
     if core.is_cancelled() {
         return Ok(());
     }
@@ -225,18 +229,25 @@ fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyR
     }
 }
 
-/// Transport I/O handles its own errors as asyncio's transports do; what
-/// escapes is a failure of that reporting itself (or KeyboardInterrupt).
-fn run_io(slf: &Bound<'_, LoopCore>, transport: &Bound<'_, StreamTransport>) -> PyResult<()> {
+/// Transport I/O and `sock_*` retries handle their own errors as asyncio's
+/// transports and socket calls do; what escapes is a failure of that
+/// reporting itself (or KeyboardInterrupt).
+fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
-    match StreamTransport::process(transport) {
+    let (outcome, message) = match item {
+        Scheduled::Io(transport) => (StreamTransport::process(transport.bind(py)), "Unhandled error in transport I/O"),
+        Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call"),
+        Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => {
             let context = PyDict::new(py);
-            context.set_item(intern!(py, "message"), "Unhandled error in transport I/O")?;
+            context.set_item(intern!(py, "message"), message)?;
             context.set_item(intern!(py, "exception"), err.into_value(py))?;
-            context.set_item(intern!(py, "transport"), transport)?;
+            let key = if matches!(item, Scheduled::Io(_)) { intern!(py, "transport") } else { intern!(py, "handle") };
+            context.set_item(key, item.as_object(py))?;
             slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
             Ok(())
         }
@@ -247,11 +258,10 @@ fn run_io(slf: &Bound<'_, LoopCore>, transport: &Bound<'_, StreamTransport>) -> 
 fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
     let Some(core) = item.core() else {
-        // Transport I/O is not a handle; asyncio times the reader callback,
-        // which this is, so it is timed here too.
+        // Transport I/O and sock_* retries are not handles; asyncio times
+        // the reader callbacks they replace, so they are timed here too.
         let started = clock::monotonic();
-        let Scheduled::Io(transport) = item else { return Ok(()) };
-        run_io(slf, transport.bind(py))?;
+        run_native_io(slf, item)?;
         let elapsed = clock::monotonic() - started;
         let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= threshold {

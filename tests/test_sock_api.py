@@ -304,3 +304,154 @@ def test_sock_sendfile_refuses_text_files_and_datagram_sockets(loop, pair, tmp_p
         with pytest.raises(ValueError, match="only SOCK_STREAM type sockets are supported"):
             loop.run_until_complete(loop.sock_sendfile(udp, file))
     udp.close()
+
+
+# --- the native calls behave as asyncio's coroutines -----------------------
+
+
+def test_sock_calls_are_coroutines_that_run_only_when_awaited(loop, pair):
+    a, b = pair
+    b.send(b"early")
+    call = loop.sock_recv(a, 100)
+    assert asyncio.iscoroutine(call)
+    assert "sock_recv" in repr(call)
+    assert a.recv(100) == b"early"  # creating the call consumed nothing
+    b.send(b"late")
+    task = loop.create_task(call)
+    assert loop.run_until_complete(task) == b"late"
+    assert task.get_coro() is call
+    assert "coro=<Loop.sock_recv()" in repr(task)
+
+
+def test_timed_out_recv_loses_no_data(loop, pair):
+    a, b = pair
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 100), 0.01)
+        b.send(b"kept")
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"kept"
+    assert loop.remove_reader(a) is False
+
+
+def test_never_awaited_sock_call_warns_like_a_coroutine(loop, pair):
+    a, _ = pair
+    with pytest.warns(RuntimeWarning, match="coroutine 'Loop.sock_recv' was never awaited"):
+        call = loop.sock_recv(a, 10)
+        del call
+        import gc
+
+        gc.collect()
+
+
+def test_closed_sock_call_does_not_warn(loop, pair, recwarn):
+    a, _ = pair
+    call = loop.sock_sendall(a, b"x")
+    call.close()
+    del call
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_waiting_recv_is_the_fds_reader_as_in_asyncio(loop, pair):
+    a, b = pair
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        # asyncio registers sock_recv as the fd's reader: removing it
+        # leaves the call pending, and it can still be cancelled.
+        assert loop.remove_reader(a) is True
+        b.send(b"unseen")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"unseen"
+
+
+def test_recv_on_a_transports_socket_is_refused(loop, pair):
+    a, b = pair
+
+    async def main():
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await loop.sock_recv(a, 10)
+        finally:
+            transport.close()
+
+    loop.run_until_complete(main())
+
+
+def test_socket_subclasses_use_their_own_methods(loop):
+    calls = []
+
+    class Recording(socket.socket):
+        def recv(self, n, *args):
+            calls.append(n)
+            return super().recv(n, *args)
+
+    a, b = socket.socketpair()
+    wrapped = Recording(a.family, a.type, a.proto, fileno=a.detach())
+    wrapped.setblocking(False)
+    b.send(b"through python")
+    try:
+        assert loop.run_until_complete(loop.sock_recv(wrapped, 50)) == b"through python"
+        assert calls == [50]
+    finally:
+        wrapped.close()
+        b.close()
+
+
+def test_sendall_from_bytearray_and_memoryview(loop, pair):
+    a, b = pair
+    payload = bytes(range(256)) * 4096  # 1 MiB: the send waits for room
+
+    async def main():
+        sender = asyncio.ensure_future(loop.sock_sendall(a, memoryview(bytearray(payload))))
+        received = bytearray()
+        while len(received) < len(payload):
+            received += await loop.sock_recv(b, 65536)
+        await sender
+        return bytes(received)
+
+    assert loop.run_until_complete(main()) == payload
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda loop, s: loop.sock_recv(s, -1),
+        lambda loop, s: loop.sock_recv(s, "10"),
+        lambda loop, s: loop.sock_recv_into(s, b"read-only"),
+        lambda loop, s: loop.sock_sendall(s, "text"),
+        lambda loop, s: loop.sock_sendto(s, b"x", "not an address"),
+        lambda loop, s: loop.sock_recvfrom_into(s, 42),
+    ],
+    ids=["negative-size", "str-size", "readonly-buffer", "str-data", "bad-address", "no-buffer"],
+)
+def test_bad_arguments_raise_what_asyncio_raises(loop, call):
+    def outcome(event_loop):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        try:
+            event_loop.run_until_complete(call(event_loop, a))
+        except Exception as exc:  # noqa: BLE001 - the exception is the result
+            return type(exc), str(exc)
+        finally:
+            a.close()
+            b.close()
+        return None, None
+
+    reference = asyncio.new_event_loop()
+    try:
+        expected = outcome(reference)
+    finally:
+        reference.close()
+    assert expected[0] is not None
+    assert outcome(loop) == expected

@@ -183,6 +183,8 @@ class NetworkMethods:
         # fd -> transport, so that add_reader and sock_* refuse an fd a
         # transport owns, as asyncio does.
         self._transports = weakref.WeakValueDictionary()
+        # The native sock_* calls check the same table, without a Python call.
+        self._set_transport_table(self._transports.data)  # type: ignore[attr-defined]  # the storage weakref's containers have had since 3.0
         # Pipe transports are not in `_transports` (asyncio keeps them
         # apart too); kept only to count open transports.
         self._pipe_transports = weakref.WeakSet()

@@ -1,4 +1,10 @@
-"""The low-level socket API (``loop.sock_*``), asyncio's semantics.
+"""The low-level socket API (``loop.sock_*``), asyncio's semantics, in Python.
+
+``sock_recv``, ``sock_recv_into``, ``sock_sendall``, ``sock_accept``,
+``sock_recvfrom(_into)`` and ``sock_sendto`` run natively for plain
+``socket.socket`` objects (``src/sock_calls.rs``); the native methods hand
+any other socket type, and arguments their fast path does not take, to the
+implementations here. ``sock_connect`` and ``sock_sendfile`` are only here.
 
 Every operation tries the syscall first and only when it would block
 registers with the loop's readiness core for a retry; the registration is
@@ -252,7 +258,9 @@ async def sendfile(
 
 
 class SocketMethods:
-    """The ``sock_*`` methods of ferroloop.Loop."""
+    """The ``sock_*`` methods of ferroloop.Loop. The native ``LoopCore``
+    methods of the same names come first in ``Loop``'s MRO and call these
+    for what they do not handle themselves."""
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         return await attempt_io(self, sock, False, "recv", n)  # type: ignore[arg-type]

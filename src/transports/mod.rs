@@ -1,5 +1,5 @@
 //! Transports: the byte-moving half of asyncio's network API.
 
 pub mod stream;
-mod syscalls;
+pub(crate) mod syscalls;
 mod write_buffer;

@@ -26,10 +26,10 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use super::syscalls::{self, Progress};
+use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
 use crate::event_loop::{is_fatal, LoopCore};
-use crate::handles::{Handle, Scheduled};
+use crate::handles::Scheduled;
 use crate::sync::lock;
 
 /// asyncio's `max_size` for one read.
@@ -71,24 +71,6 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             server_detach_takes_transport: py.version_info() >= (3, 13),
         })
     })
-}
-
-/// An OSError of the subclass Python picks for the errno (ConnectionResetError,
-/// BrokenPipeError...), with `errno` and `strerror` set, as `socket` raises.
-fn os_error(py: Python<'_>, err: &std::io::Error) -> PyErr {
-    let Some(code) = err.raw_os_error() else {
-        return PyOSError::new_err(err.to_string());
-    };
-    // SAFETY: strerror returns a pointer to a NUL-terminated string owned by
-    // libc, valid until the next strerror call; it is copied at once, with
-    // the GIL held so no other Python thread calls it meanwhile.
-    let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
-        .to_string_lossy()
-        .into_owned();
-    match py.get_type::<PyOSError>().call1((code, message)) {
-        Ok(value) => PyErr::from_value(value),
-        Err(err) => err,
-    }
 }
 
 /// What one read attempt left behind in the socket.
@@ -688,8 +670,8 @@ impl StreamTransport {
         let stale = this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind())?;
         st.registered = true;
         drop(st);
-        for handle in stale {
-            Handle::cancel(handle.bind(slf.py()));
+        for watcher in stale {
+            watcher.retire(slf.py());
         }
         Ok(())
     }

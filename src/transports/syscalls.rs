@@ -4,6 +4,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
 pub enum Progress {
     /// This many bytes moved; fewer than asked means the kernel had no more
     /// room (send) or no more data (recv) at that moment.
@@ -74,6 +77,24 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An OSError of the subclass Python picks for the errno (ConnectionResetError,
+/// BrokenPipeError...), with `errno` and `strerror` set, as `socket` raises.
+pub fn os_error(py: Python<'_>, err: &std::io::Error) -> PyErr {
+    let Some(code) = err.raw_os_error() else {
+        return PyOSError::new_err(err.to_string());
+    };
+    // SAFETY: strerror returns a pointer to a NUL-terminated string owned by
+    // libc, valid until the next strerror call; it is copied at once, with
+    // the GIL held so no other Python thread calls it meanwhile.
+    let message = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+        .to_string_lossy()
+        .into_owned();
+    match py.get_type::<PyOSError>().call1((code, message)) {
+        Ok(value) => PyErr::from_value(value),
+        Err(err) => err,
+    }
 }
 
 #[cfg(test)]

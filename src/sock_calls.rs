@@ -1,0 +1,663 @@
+//! The low-level socket API (`loop.sock_recv`, `sock_sendall`, ...) for
+//! plain `socket.socket` objects, run natively.
+//!
+//! Each call returns a `SockCall`, an awaitable that behaves as the
+//! coroutine asyncio's `async def sock_*` returns: nothing happens until it
+//! is awaited; its first step tries the syscall and returns the result at
+//! once when the socket is ready. Only when the call would block does it
+//! create a future and wait; the poller then retries it straight from Rust
+//! when the fd is ready and settles the future, with no Python callback,
+//! handle or closure in between. The registration ends with the call
+//! (completed, failed, cancelled or closed).
+//!
+//! Other socket types (subclasses, SSL sockets, look-alikes) and arguments
+//! the fast path does not handle go to the Python implementation in
+//! `ferroloop._sockets`, which looks each method up on the object as asyncio
+//! does.
+
+use std::os::fd::RawFd;
+use std::sync::{Mutex, OnceLock};
+
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+
+use crate::event_loop::LoopCore;
+use crate::poller::{Direction, Watcher};
+use crate::sync::lock;
+use crate::transports::syscalls::{self, os_error, Progress};
+
+extern "C" {
+    // Part of CPython's C API since 2.x (Include/cpython/bytesobject.h in
+    // 3.10-3.14); socket.recv uses it the same way to shrink its result.
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> std::os::raw::c_int;
+}
+
+/// What a call does each time it tries.
+enum Operation {
+    /// `sock.recv(size)` as a direct `recv(2)`.
+    Recv { size: usize },
+    /// `sock.recv_into(buffer)` as a direct `recv(2)` into its memory.
+    RecvInto { buffer: Py<PyAny> },
+    /// `sock.sendall(data)`: `send(2)` until all of it has gone.
+    SendAll { data: Py<PyAny>, sent: usize },
+    /// Any other method, called on the socket object each time (`accept`,
+    /// `recvfrom`, `sendto`, ...); `accept` also makes the new socket
+    /// non-blocking, as asyncio's `sock_accept` does.
+    Method { name: Py<PyString>, args: Py<PyTuple>, accept: bool },
+}
+
+impl Operation {
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Operation::Recv { .. } => Ok(()),
+            Operation::RecvInto { buffer } => visit.call(buffer),
+            Operation::SendAll { data, .. } => visit.call(data),
+            Operation::Method { args, .. } => visit.call(args),
+        }
+    }
+}
+
+enum Stage {
+    /// Not awaited yet.
+    Created,
+    /// Registered with the poller until the future is settled.
+    Waiting { future: Py<PyAny>, fd: RawFd },
+    Finished,
+}
+
+struct CallState {
+    /// Taken out while the call runs Python code, so that no lock is held
+    /// across it.
+    operation: Option<Operation>,
+    stage: Stage,
+}
+
+/// One awaited `loop.sock_*()` call; see the module docs.
+#[pyclass(module = "ferroloop._native", frozen)]
+pub struct SockCall {
+    event_loop: Py<LoopCore>,
+    sock: Py<PyAny>,
+    /// asyncio's method name, for `__qualname__`, repr and warnings.
+    name: &'static str,
+    direction: Direction,
+    state: Mutex<CallState>,
+}
+
+/// How one try ended.
+enum Attempt {
+    Done(Py<PyAny>),
+    WouldBlock,
+}
+
+/// What a step hands back to whoever awaits the call.
+enum Step {
+    Yield(Py<PyAny>),
+    Return(Py<PyAny>),
+}
+
+struct Refs {
+    socket_type: Py<PyType>,
+    /// `ferroloop._sockets.SocketMethods`: the Python implementation.
+    python_methods: Py<PyAny>,
+}
+
+static REFS: PyOnceLock<Refs> = PyOnceLock::new();
+
+fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
+    REFS.get_or_try_init(py, || {
+        let collections = py.import("collections.abc")?;
+        collections.getattr("Coroutine")?.call_method1("register", (py.get_type::<SockCall>(),))?;
+        Ok(Refs {
+            socket_type: py.import("socket")?.getattr("socket")?.cast_into::<PyType>()?.unbind(),
+            python_methods: py.import("ferroloop._sockets")?.getattr("SocketMethods")?.unbind(),
+        })
+    })
+}
+
+/// `loop.<name>(*args)` for a socket the fast path does not take: the
+/// Python implementation's coroutine.
+fn python_call(slf: &Bound<'_, LoopCore>, name: &str, args: Vec<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    let method = refs(py)?.python_methods.bind(py).getattr(name)?;
+    let mut full = Vec::with_capacity(args.len() + 1);
+    full.push(slf.clone().into_any());
+    full.extend(args);
+    Ok(method.call1(PyTuple::new(py, full)?)?.unbind())
+}
+
+fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(sock.get_type().is(refs(sock.py())?.socket_type.bind(sock.py())))
+}
+
+fn new_call(
+    slf: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    name: &'static str,
+    direction: Direction,
+    operation: Operation,
+) -> PyResult<Py<PyAny>> {
+    let call = SockCall {
+        event_loop: slf.clone().unbind(),
+        sock: sock.clone().unbind(),
+        name,
+        direction,
+        state: Mutex::new(CallState { operation: Some(operation), stage: Stage::Created }),
+    };
+    Ok(Py::new(slf.py(), call)?.into_any())
+}
+
+pub fn sock_recv(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let size = if n.is_exact_instance_of::<PyInt>() { n.extract::<usize>().ok() } else { None };
+    match size {
+        Some(size) if is_plain_socket(sock)? => {
+            new_call(slf, sock, "sock_recv", Direction::Read, Operation::Recv { size })
+        }
+        _ => python_call(slf, "sock_recv", vec![sock.clone(), n.clone()]),
+    }
+}
+
+pub fn sock_recv_into(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let simple_buffer = buf.is_exact_instance_of::<PyByteArray>() || buf.is_exact_instance_of::<PyMemoryView>();
+    if simple_buffer && is_plain_socket(sock)? {
+        let operation = Operation::RecvInto { buffer: buf.clone().unbind() };
+        return new_call(slf, sock, "sock_recv_into", Direction::Read, operation);
+    }
+    python_call(slf, "sock_recv_into", vec![sock.clone(), buf.clone()])
+}
+
+pub fn sock_sendall(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let simple_buffer = data.is_exact_instance_of::<PyBytes>()
+        || data.is_exact_instance_of::<PyByteArray>()
+        || data.is_exact_instance_of::<PyMemoryView>();
+    if simple_buffer && is_plain_socket(sock)? {
+        let operation = Operation::SendAll { data: data.clone().unbind(), sent: 0 };
+        return new_call(slf, sock, "sock_sendall", Direction::Write, operation);
+    }
+    python_call(slf, "sock_sendall", vec![sock.clone(), data.clone()])
+}
+
+/// The `sock_*` calls that are one socket method call per try.
+pub fn sock_method(
+    slf: &Bound<'_, LoopCore>,
+    name: &'static str,
+    sock: &Bound<'_, PyAny>,
+    args: Vec<Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    if !is_plain_socket(sock)? {
+        let mut full = vec![sock.clone()];
+        full.extend(args);
+        return python_call(slf, name, full);
+    }
+    let (method, direction) = match name {
+        "sock_accept" => ("accept", Direction::Read),
+        "sock_recvfrom" => ("recvfrom", Direction::Read),
+        "sock_recvfrom_into" => ("recvfrom_into", Direction::Read),
+        "sock_sendto" => ("sendto", Direction::Write),
+        _ => return Err(PyValueError::new_err(format!("no socket method for {name}"))),
+    };
+    let operation = Operation::Method {
+        name: PyString::intern(py, method).unbind(),
+        args: PyTuple::new(py, args)?.unbind(),
+        accept: name == "sock_accept",
+    };
+    new_call(slf, sock, name, direction, operation)
+}
+
+/// `sock_recvfrom_into(sock, buf, nbytes=0)`: as asyncio, a zero or missing
+/// `nbytes` means the whole buffer.
+pub fn sock_recvfrom_into(
+    slf: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+    nbytes: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    let given = match nbytes {
+        Some(n) if n.is_truthy()? => Some(n.clone()),
+        _ => None,
+    };
+    let nbytes = match given {
+        Some(n) => n,
+        None => match buf.len() {
+            Ok(length) => length.into_pyobject(py)?.into_any(),
+            // asyncio's coroutine raises this error when awaited.
+            Err(_) => {
+                let zero = 0usize.into_pyobject(py)?.into_any();
+                return python_call(slf, "sock_recvfrom_into", vec![sock.clone(), buf.clone(), zero]);
+            }
+        },
+    };
+    sock_method(slf, "sock_recvfrom_into", sock, vec![buf.clone(), nbytes])
+}
+
+/// `socket.recv(size)`: a new bytes object, shrunk to what arrived.
+fn recv_bytes(py: Python<'_>, fd: RawFd, size: usize) -> PyResult<Option<Py<PyAny>>> {
+    let length = ffi::Py_ssize_t::try_from(size).map_err(|_| PyValueError::new_err("buffersize too large"))?;
+    // SAFETY: with a NULL source, PyBytes_FromStringAndSize allocates an
+    // uninitialised bytes object of `length` bytes (or returns NULL with an
+    // exception set); nothing else holds it until it is returned.
+    let mut bytes = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), length) };
+    if bytes.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `bytes` is a fresh bytes object of `size` bytes we own; its
+    // storage is writable until it is shared.
+    let storage = unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(bytes).cast::<u8>(), size) };
+    let received = syscalls::recv(fd, storage);
+    let received = match received {
+        Ok(Progress::Done(n)) => n,
+        Ok(Progress::WouldBlock) => {
+            // SAFETY: we own the only reference to `bytes`.
+            unsafe { ffi::Py_DECREF(bytes) };
+            return Ok(None);
+        }
+        Err(err) => {
+            // SAFETY: we own the only reference to `bytes`.
+            unsafe { ffi::Py_DECREF(bytes) };
+            return Err(os_error(py, &err));
+        }
+    };
+    if received != size {
+        // SAFETY: `bytes` is a bytes object with a reference count of one,
+        // which _PyBytes_Resize requires; on failure it frees the object and
+        // sets `bytes` to NULL with an exception set.
+        if unsafe { _PyBytes_Resize(&mut bytes, received as ffi::Py_ssize_t) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    // SAFETY: `bytes` is a valid new reference.
+    Ok(Some(unsafe { Bound::from_owned_ptr(py, bytes) }.unbind()))
+}
+
+/// A buffer export of an object, released on drop (`y*` / `w*` in CPython's
+/// argument parsing).
+struct Exported {
+    view: Box<ffi::Py_buffer>,
+}
+
+impl Exported {
+    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
+        // SAFETY: a zeroed Py_buffer is a valid out-parameter; on success it
+        // holds an export we release in Drop, on failure it is left unused.
+        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(Self { view })
+    }
+
+    fn len(&self) -> usize {
+        self.view.len.max(0) as usize
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.view.buf.cast()
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        // SAFETY: only created with the GIL held, and dropped within the
+        // same GIL-holding call, so releasing needs no re-attach.
+        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+    }
+}
+
+fn would_block(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+impl SockCall {
+    fn fileno(&self, py: Python<'_>) -> PyResult<RawFd> {
+        self.sock.bind(py).call_method0(intern!(py, "fileno"))?.extract()
+    }
+
+    /// One try of the operation. Runs no Python code for recv, recv_into
+    /// and sendall (except signal handlers on EINTR).
+    fn attempt(&self, py: Python<'_>, fd: RawFd, operation: &mut Operation) -> PyResult<Attempt> {
+        let sock = self.sock.bind(py);
+        match operation {
+            Operation::Recv { size } => Ok(match recv_bytes(py, fd, *size)? {
+                Some(data) => Attempt::Done(data),
+                None => Attempt::WouldBlock,
+            }),
+            Operation::RecvInto { buffer } => {
+                let Ok(export) = Exported::new(buffer.bind(py), true) else {
+                    // Let the socket method raise its own error for this object.
+                    return Ok(Attempt::Done(sock.call_method1(intern!(py, "recv_into"), (buffer.bind(py),))?.unbind()));
+                };
+                // SAFETY: the export keeps `len()` writable bytes at
+                // `as_ptr()` alive and unmoved until it is dropped below.
+                let memory = unsafe { std::slice::from_raw_parts_mut(export.as_ptr(), export.len()) };
+                Ok(match syscalls::recv(fd, memory).map_err(|err| os_error(py, &err))? {
+                    Progress::Done(n) => Attempt::Done(n.into_pyobject(py)?.into_any().unbind()),
+                    Progress::WouldBlock => Attempt::WouldBlock,
+                })
+            }
+            Operation::SendAll { data, sent } => {
+                let export = match Exported::new(data.bind(py), false) {
+                    Ok(export) => export,
+                    // The socket method raises its own error for this object.
+                    Err(export_error) => {
+                        return Err(sock.call_method1(intern!(py, "send"), (data.bind(py),)).err().unwrap_or(export_error))
+                    }
+                };
+                let total = export.len();
+                let offset = (*sent).min(total);
+                // SAFETY: the export keeps `len()` readable bytes at
+                // `as_ptr()` alive and unmoved until it is dropped below.
+                let rest = unsafe { std::slice::from_raw_parts(export.as_ptr().add(offset), total - offset) };
+                *sent = offset + syscalls::send_until_blocked(fd, rest).map_err(|err| os_error(py, &err))?;
+                Ok(if *sent >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
+            }
+            Operation::Method { name, args, accept } => {
+                match sock.call_method1(name.bind(py), args.bind(py).clone()) {
+                    Ok(result) => {
+                        if *accept {
+                            let connection = result.get_item(0)?;
+                            connection.call_method1(intern!(py, "setblocking"), (false,))?;
+                        }
+                        Ok(Attempt::Done(result.unbind()))
+                    }
+                    Err(err) if would_block(py, &err) => Ok(Attempt::WouldBlock),
+                    Err(err) => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Runs `attempt` with the operation taken out of the state, so that no
+    /// lock is held while it may run Python code.
+    fn attempt_unlocked(&self, py: Python<'_>, fd: RawFd) -> PyResult<Attempt> {
+        let Some(mut operation) = lock(&self.state).operation.take() else {
+            return Err(PyRuntimeError::new_err(format!("{} is already running", self.qualname())));
+        };
+        let outcome = self.attempt(py, fd, &mut operation);
+        lock(&self.state).operation = Some(operation);
+        outcome
+    }
+
+    fn qualname(&self) -> String {
+        format!("Loop.{}", self.name)
+    }
+
+    /// The first step: asyncio's checks, one try, and a wait if it would
+    /// block.
+    fn start(slf: &Bound<'_, Self>) -> PyResult<Step> {
+        let py = slf.py();
+        let this = slf.get();
+        let sock = this.sock.bind(py);
+        let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+        // ferroloop always refuses a blocking socket (asyncio only in debug
+        // mode): it would stall the whole loop inside the syscall.
+        if timeout.is_none() || timeout.extract::<f64>().map_or(true, |t| t != 0.0) {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+        let fd = this.fileno(py)?;
+        match this.attempt_unlocked(py, fd)? {
+            Attempt::Done(result) => Ok(Step::Return(result)),
+            Attempt::WouldBlock => Self::wait(slf, fd),
+        }
+    }
+
+    fn wait(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Step> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = this.event_loop.bind(py);
+        let core = event_loop.get();
+        if core.is_closed() {
+            return Err(crate::handles::closed_error());
+        }
+        core.ensure_fd_no_transport(event_loop, fd)?;
+        let future = core.new_future(event_loop)?;
+        let replaced = core.poller.watch(fd, this.direction, Watcher::Sock(slf.clone().unbind()))?;
+        if let Some(old) = replaced {
+            old.retire(py);
+        }
+        lock(&this.state).stage = Stage::Waiting { future: future.clone().unbind(), fd };
+        // What Future.__await__ sets before yielding the future to its Task.
+        future.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        Ok(Step::Yield(future.unbind()))
+    }
+
+    /// Ends the wait: the poller forgets this call (unless another call or
+    /// callback has replaced it there).
+    fn unregister(slf: &Bound<'_, Self>, fd: RawFd) {
+        let this = slf.get();
+        let call = slf.clone().unbind();
+        this.event_loop.get().poller.unwatch_sock_call(fd, this.direction, &call);
+    }
+
+    /// The socket is ready: retry, and settle the future when the call is
+    /// done. Called by the run loop.
+    pub fn on_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (future, fd) = match &lock(&this.state).stage {
+            Stage::Waiting { future, fd } => (future.clone_ref(py), *fd),
+            Stage::Created | Stage::Finished => return Ok(()),
+        };
+        let future = future.bind(py);
+        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            // Cancelled: consume nothing; the awaiting task is woken with
+            // the CancelledError and throws it into `throw` below.
+            Self::unregister(slf, fd);
+            return Ok(());
+        }
+        match this.attempt_unlocked(py, fd) {
+            Ok(Attempt::WouldBlock) => Ok(()),
+            Ok(Attempt::Done(result)) => {
+                Self::unregister(slf, fd);
+                future.call_method1(intern!(py, "set_result"), (result,))?;
+                Ok(())
+            }
+            Err(err) if crate::event_loop::is_fatal(py, &err) => Err(err),
+            Err(err) => {
+                Self::unregister(slf, fd);
+                future.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The awaiting coroutine resumed us: the future is settled.
+    fn resume(slf: &Bound<'_, Self>) -> PyResult<Step> {
+        let py = slf.py();
+        let this = slf.get();
+        let stage = std::mem::replace(&mut lock(&this.state).stage, Stage::Finished);
+        let Stage::Waiting { future, fd } = stage else {
+            return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
+        };
+        let future = future.bind(py);
+        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            Self::unregister(slf, fd);
+            return Err(PyRuntimeError::new_err("await wasn't used with future"));
+        }
+        Ok(Step::Return(future.call_method0(intern!(py, "result"))?.unbind()))
+    }
+
+    fn step(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let created = matches!(lock(&slf.get().state).stage, Stage::Created);
+        let step = if created {
+            if !value.is_none() {
+                return Err(PyTypeError::new_err("can't send non-None value to a just-started coroutine"));
+            }
+            let outcome = Self::start(slf);
+            if !matches!(outcome, Ok(Step::Yield(_))) {
+                lock(&slf.get().state).stage = Stage::Finished;
+            }
+            outcome?
+        } else {
+            Self::resume(slf)?
+        };
+        match step {
+            Step::Yield(future) => Ok(future),
+            Step::Return(result) => Err(PyStopIteration::new_err((result,))),
+        }
+    }
+
+    /// Ends the call early (`throw` or `close`): unregisters a wait.
+    fn abandon(slf: &Bound<'_, Self>) {
+        let stage = std::mem::replace(&mut lock(&slf.get().state).stage, Stage::Finished);
+        if let Stage::Waiting { fd, .. } = stage {
+            Self::unregister(slf, fd);
+        }
+    }
+}
+
+/// The exception `throw(typ, val, tb)` raises, as a generator builds it.
+fn thrown(py: Python<'_>, typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyErr {
+    let val = val.filter(|v| !v.is_none());
+    if let Ok(exc_type) = typ.cast::<PyType>() {
+        if let Some(value) = val {
+            if value.is_instance(exc_type).unwrap_or(false) {
+                return PyErr::from_value(value.clone());
+            }
+        }
+        let instance = match val {
+            None => exc_type.call0(),
+            Some(value) => match value.cast::<PyTuple>() {
+                Ok(args) => exc_type.call1(args.clone()),
+                Err(_) => exc_type.call1((value,)),
+            },
+        };
+        return match instance {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(err) => err,
+        };
+    }
+    if val.is_some() {
+        return PyTypeError::new_err("instance exception may not have a separate value");
+    }
+    let _ = py;
+    PyErr::from_value(typ.clone())
+}
+
+#[pymethods]
+impl SockCall {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Self::step(slf, &slf.py().None().into_bound(slf.py()))
+    }
+
+    fn send(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        Self::step(slf, value)
+    }
+
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        slf: &Bound<'_, Self>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        Self::abandon(slf);
+        let err = thrown(py, typ, val);
+        if let Some(traceback) = tb.filter(|t| !t.is_none()) {
+            let value = err.value(py);
+            value.setattr(intern!(py, "__traceback__"), traceback)?;
+        }
+        Err(err)
+    }
+
+    fn close(slf: &Bound<'_, Self>) {
+        Self::abandon(slf);
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        self.name
+    }
+
+    #[getter]
+    fn __qualname__(&self) -> String {
+        self.qualname()
+    }
+
+    #[getter]
+    fn cr_running(&self) -> bool {
+        lock(&self.state).operation.is_none()
+    }
+
+    fn __repr__(&self) -> String {
+        let stage = match lock(&self.state).stage {
+            Stage::Created => "created",
+            Stage::Waiting { .. } => "waiting",
+            Stage::Finished => "finished",
+        };
+        format!("<ferroloop {} coroutine {}>", self.qualname(), stage)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.sock)?;
+        // See HandleCore::traverse for why try_lock is enough.
+        if let Ok(state) = self.state.try_lock() {
+            if let Some(operation) = state.operation.as_ref() {
+                operation.visit(&visit)?;
+            }
+            if let Stage::Waiting { future, .. } = &state.stage {
+                visit.call(future)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.state.try_lock().ok().map(|mut state| {
+            (state.operation.take(), std::mem::replace(&mut state.stage, Stage::Finished))
+        });
+        drop(released);
+    }
+}
+
+impl Drop for SockCall {
+    fn drop(&mut self) {
+        let never_awaited = matches!(
+            self.state.get_mut().map(|s| &s.stage).unwrap_or(&Stage::Finished),
+            Stage::Created
+        );
+        if !never_awaited {
+            return;
+        }
+        let message = format!("coroutine '{}' was never awaited", self.qualname());
+        Python::attach(|py| {
+            // As CPython does for a coroutine: warn without disturbing an
+            // exception being raised meanwhile; a warning that fails (turned
+            // into an error) is reported as unraisable.
+            let pending = PyErr::take(py);
+            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            let message = std::ffi::CString::new(message).unwrap_or_default();
+            if let Err(err) = PyErr::warn(py, category.as_any(), &message, 1) {
+                err.write_unraisable(py, None);
+            }
+            if let Some(err) = pending {
+                err.restore(py);
+            }
+        });
+    }
+}
+
+/// The `_transports` table (`WeakValueDictionary.data`: fd -> weak
+/// reference) the Python side keeps; set once per loop.
+pub type TransportTable = OnceLock<Py<PyDict>>;
+
+/// asyncio's `_ensure_fd_no_transport`: the Python method is called, for
+/// its exact error, only when the table has the fd at all.
+pub fn ensure_fd_no_transport(table: &TransportTable, event_loop: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    let py = event_loop.py();
+    let Some(table) = table.get() else { return Ok(()) };
+    if table.bind(py).contains(fd)? {
+        event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    }
+    Ok(())
+}
