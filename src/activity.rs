@@ -18,6 +18,8 @@ pub struct Activity {
     phase: AtomicU8,
     callbacks_started: AtomicU64,
     iterations: AtomicU64,
+    /// Nanoseconds spent blocked in poll, for the metrics.
+    poll_wait_ns: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,7 @@ pub struct Snapshot {
     pub phase: u8,
     pub callbacks_started: u64,
     pub iterations: u64,
+    pub poll_wait_ns: u64,
 }
 
 impl Activity {
@@ -44,11 +47,17 @@ impl Activity {
         self.phase.store(PHASE_RUNNING_CALLBACK, Ordering::Relaxed);
     }
 
+    #[inline]
+    pub fn add_poll_wait(&self, nanoseconds: u64) {
+        self.poll_wait_ns.fetch_add(nanoseconds, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             phase: self.phase.load(Ordering::Relaxed),
             callbacks_started: self.callbacks_started.load(Ordering::Relaxed),
             iterations: self.iterations.load(Ordering::Relaxed),
+            poll_wait_ns: self.poll_wait_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -66,6 +75,8 @@ mod tests {
             writer.begin_iteration();
             writer.begin_callback();
             writer.begin_callback();
+            writer.add_poll_wait(1500);
+            writer.add_poll_wait(500);
         })
         .join()
         .expect("writer thread");
@@ -73,5 +84,6 @@ mod tests {
         assert_eq!(snap.callbacks_started, 2);
         assert_eq!(snap.iterations, 1);
         assert_eq!(snap.phase, PHASE_RUNNING_CALLBACK);
+        assert_eq!(snap.poll_wait_ns, 2000);
     }
 }

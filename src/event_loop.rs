@@ -518,7 +518,7 @@ impl LoopCore {
             uptime,
             activity.callbacks_started,
             activity.iterations,
-            metrics.wait_seconds,
+            activity.poll_wait_ns as f64 / 1e9,
             metrics.lag_p50,
             metrics.lag_p99,
             metrics.lag_max,

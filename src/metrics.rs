@@ -1,6 +1,7 @@
 //! Loop metrics the run loop records as it goes: how late timers fire (loop
-//! lag) and how long it waits in poll (for utilisation). Both are written
-//! only by the loop thread and read on demand by `loop.metrics()`.
+//! lag), written only by the loop thread and read on demand by
+//! `loop.metrics()`, and the bytes its transports move. (Time waited in poll,
+//! for utilisation, is counted in `activity.rs`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,12 +13,11 @@ pub struct LoopMetrics {
     lag_next: usize,
     lag_samples: u64,
     lag_max: f64,
-    wait_ns: u64,
 }
 
 impl Default for LoopMetrics {
     fn default() -> Self {
-        Self { lag_ring: Box::new([0.0; LAG_WINDOW]), lag_next: 0, lag_samples: 0, lag_max: 0.0, wait_ns: 0 }
+        Self { lag_ring: Box::new([0.0; LAG_WINDOW]), lag_next: 0, lag_samples: 0, lag_max: 0.0 }
     }
 }
 
@@ -28,7 +28,6 @@ pub struct MetricsSnapshot {
     pub lag_p99: f64,
     pub lag_max: f64,
     pub lag_samples: u64,
-    pub wait_seconds: f64,
 }
 
 impl LoopMetrics {
@@ -44,10 +43,6 @@ impl LoopMetrics {
         }
     }
 
-    pub fn add_wait(&mut self, nanoseconds: u64) {
-        self.wait_ns += nanoseconds;
-    }
-
     pub fn snapshot(&self) -> MetricsSnapshot {
         let filled = (self.lag_samples as usize).min(LAG_WINDOW);
         let mut recent: Vec<f64> = self.lag_ring[..filled].to_vec();
@@ -57,7 +52,6 @@ impl LoopMetrics {
             lag_p99: percentile(&recent, 0.99),
             lag_max: self.lag_max,
             lag_samples: self.lag_samples,
-            wait_seconds: self.wait_ns as f64 / 1e9,
         }
     }
 }
@@ -147,6 +141,6 @@ mod tests {
     #[test]
     fn empty_metrics_are_zero() {
         let snap = LoopMetrics::default().snapshot();
-        assert_eq!((snap.lag_p50, snap.lag_p99, snap.wait_seconds), (0.0, 0.0, 0.0));
+        assert_eq!((snap.lag_p50, snap.lag_p99, snap.lag_samples), (0.0, 0.0, 0));
     }
 }

@@ -100,6 +100,8 @@ pub struct Dispatch {
     pub streams: Vec<Py<StreamTransport>>,
     pub sock_calls: Vec<Py<SockCall>>,
     pub signal_pipe_ready: bool,
+    /// Fds whose callbacks were delivered, re-armed before the next poll.
+    delivered_callbacks: Vec<RawFd>,
 }
 
 pub struct Poller {
@@ -333,7 +335,6 @@ impl Poller {
     /// Turns poll events into the handles to run, asyncio's `_process_events`.
     pub fn dispatch(&self, py: Python<'_>, events: &Events, out: &mut Dispatch) {
         let watches = lock(&self.watches);
-        let mut rearm = lock(&self.rearm);
         for event in events.iter() {
             match event.token() {
                 WAKER_TOKEN => {}
@@ -359,11 +360,15 @@ impl Poller {
                         delivered |= Self::deliver(py, watch.writer.as_ref(), out);
                     }
                     if delivered {
-                        rearm.push(fd);
-                        self.rearm_pending.store(true, Ordering::Relaxed);
+                        out.delivered_callbacks.push(fd);
                     }
                 }
             }
+        }
+        drop(watches);
+        if !out.delivered_callbacks.is_empty() {
+            lock(&self.rearm).append(&mut out.delivered_callbacks);
+            self.rearm_pending.store(true, Ordering::Relaxed);
         }
     }
 
