@@ -108,6 +108,9 @@ fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// asyncio's `call_later` adds the delay to `self.time()`; this reproduces
 /// the TypeError that addition raises for a non-number.
 fn extract_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if let Ok(float) = value.cast_exact::<pyo3::types::PyFloat>() {
+        return Ok(float.value());
+    }
     value.extract::<f64>().map_err(|_| {
         let type_name = value
             .get_type()
@@ -195,7 +198,7 @@ impl LoopCore {
             callback.unbind(),
             args.unbind(),
             context,
-            slf.clone().into_any().unbind(),
+            slf.clone().unbind(),
             source_traceback,
         ))
     }

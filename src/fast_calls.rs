@@ -111,9 +111,19 @@ unsafe fn parse<'py>(
     let rest = if nargs <= params.len() {
         PyTuple::empty(py)
     } else {
-        // SAFETY: the range params.len()..nargs lies within the positional part.
-        let extra = unsafe { std::slice::from_raw_parts(args.add(params.len()), nargs - params.len()) };
-        PyTuple::new(py, extra.iter().map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) }))?
+        // SAFETY: the range params.len()..nargs lies within the positional
+        // part. PyTuple_New returns a new tuple of that many NULL slots (or
+        // NULL with an exception set), each filled once with a new reference.
+        unsafe {
+            let count = nargs - params.len();
+            let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(count as ffi::Py_ssize_t))?;
+            for i in 0..count {
+                let item = *args.add(params.len() + i);
+                ffi::Py_INCREF(item);
+                ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, item);
+            }
+            tuple.cast_into_unchecked::<PyTuple>()
+        }
     };
     Ok(Parsed { leading, rest, context: context.filter(|c| !c.is_none()) })
 }
