@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -27,7 +27,7 @@ use crate::task_sites::TaskSites;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
 use crate::metrics::{IoCounters, LoopMetrics};
-use crate::sock_calls::{self, TransportTable};
+use crate::sock_calls::{self, SOCK_ACCEPT, SOCK_RECVFROM, SOCK_SENDTO};
 
 #[derive(Default)]
 pub struct Schedule {
@@ -59,8 +59,9 @@ pub struct LoopCore {
     pub(crate) metrics: Mutex<LoopMetrics>,
     pub(crate) io_counters: IoCounters,
     created_ns: u64,
-    /// The Python side's fd -> transport table, for `sock_*` checks.
-    transport_table: TransportTable,
+    /// The Python side's `_transports` table (`WeakValueDictionary.data`:
+    /// fd -> weak reference to the transport), for the `sock_*` checks.
+    transport_table: OnceLock<Py<PyDict>>,
 }
 
 fn current_thread_ident() -> u64 {
@@ -295,8 +296,15 @@ impl LoopCore {
         }
     }
 
+    /// asyncio's `_ensure_fd_no_transport`: the Python method is called,
+    /// for its exact error, only when the table has the fd at all.
     pub(crate) fn ensure_fd_no_transport(&self, slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
-        sock_calls::ensure_fd_no_transport(&self.transport_table, slf, fd)
+        let py = slf.py();
+        let Some(table) = self.transport_table.get() else { return Ok(()) };
+        if table.bind(py).contains(fd)? {
+            slf.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        }
+        Ok(())
     }
 
     fn add_watch(
@@ -355,7 +363,7 @@ impl LoopCore {
             metrics: Mutex::new(LoopMetrics::default()),
             io_counters: IoCounters::default(),
             created_ns: clock::monotonic_ns(),
-            transport_table: TransportTable::new(),
+            transport_table: OnceLock::new(),
         })
     }
 
@@ -632,11 +640,11 @@ impl LoopCore {
     }
 
     fn sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        sock_calls::sock_method(slf, "sock_accept", sock, vec![])
+        sock_calls::sock_method(slf, &SOCK_ACCEPT, sock, vec![])
     }
 
     fn sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        sock_calls::sock_method(slf, "sock_recvfrom", sock, vec![bufsize.clone()])
+        sock_calls::sock_method(slf, &SOCK_RECVFROM, sock, vec![bufsize.clone()])
     }
 
     #[pyo3(signature = (sock, buf, nbytes=None))]
@@ -655,7 +663,7 @@ impl LoopCore {
         data: &Bound<'_, PyAny>,
         address: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        sock_calls::sock_method(slf, "sock_sendto", sock, vec![data.clone(), address.clone()])
+        sock_calls::sock_method(slf, &SOCK_SENDTO, sock, vec![data.clone(), address.clone()])
     }
 
     #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]

@@ -1,6 +1,7 @@
 //! ferroloop's native core: a Rust implementation of asyncio's event loop.
 
 mod activity;
+mod buffers;
 mod clock;
 mod event_loop;
 mod fast_calls;

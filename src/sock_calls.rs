@@ -16,14 +16,15 @@
 //! does.
 
 use std::os::fd::RawFd;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::LoopCore;
 use crate::poller::{Direction, Watcher};
 use crate::sync::lock;
@@ -179,10 +180,24 @@ pub fn sock_sendall(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &B
     python_call(slf, "sock_sendall", vec![sock.clone(), data.clone()])
 }
 
-/// The `sock_*` calls that are one socket method call per try.
+/// A `sock_*` call that is one socket method call per try.
+pub struct MethodCall {
+    /// asyncio's name for it.
+    name: &'static str,
+    /// The socket method it calls.
+    method: &'static str,
+    direction: Direction,
+}
+
+pub const SOCK_ACCEPT: MethodCall = MethodCall { name: "sock_accept", method: "accept", direction: Direction::Read };
+pub const SOCK_RECVFROM: MethodCall = MethodCall { name: "sock_recvfrom", method: "recvfrom", direction: Direction::Read };
+const SOCK_RECVFROM_INTO: MethodCall =
+    MethodCall { name: "sock_recvfrom_into", method: "recvfrom_into", direction: Direction::Read };
+pub const SOCK_SENDTO: MethodCall = MethodCall { name: "sock_sendto", method: "sendto", direction: Direction::Write };
+
 pub fn sock_method(
     slf: &Bound<'_, LoopCore>,
-    name: &'static str,
+    call: &MethodCall,
     sock: &Bound<'_, PyAny>,
     args: Vec<Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyAny>> {
@@ -190,21 +205,14 @@ pub fn sock_method(
     if !is_plain_socket(sock)? {
         let mut full = vec![sock.clone()];
         full.extend(args);
-        return python_call(slf, name, full);
+        return python_call(slf, call.name, full);
     }
-    let (method, direction) = match name {
-        "sock_accept" => ("accept", Direction::Read),
-        "sock_recvfrom" => ("recvfrom", Direction::Read),
-        "sock_recvfrom_into" => ("recvfrom_into", Direction::Read),
-        "sock_sendto" => ("sendto", Direction::Write),
-        _ => return Err(PyValueError::new_err(format!("no socket method for {name}"))),
-    };
     let operation = Operation::Method {
-        name: PyString::intern(py, method).unbind(),
+        name: PyString::intern(py, call.method).unbind(),
         args: PyTuple::new(py, args)?.unbind(),
-        accept: name == "sock_accept",
+        accept: call.method == "accept",
     };
-    new_call(slf, sock, name, direction, operation)
+    new_call(slf, sock, call.name, call.direction, operation)
 }
 
 /// `sock_recvfrom_into(sock, buf, nbytes=0)`: as asyncio, a zero or missing
@@ -231,80 +239,35 @@ pub fn sock_recvfrom_into(
             }
         },
     };
-    sock_method(slf, "sock_recvfrom_into", sock, vec![buf.clone(), nbytes])
+    sock_method(slf, &SOCK_RECVFROM_INTO, sock, vec![buf.clone(), nbytes])
 }
 
 /// `socket.recv(size)`: a new bytes object, shrunk to what arrived.
 fn recv_bytes(py: Python<'_>, fd: RawFd, size: usize) -> PyResult<Option<Py<PyAny>>> {
     let length = ffi::Py_ssize_t::try_from(size).map_err(|_| PyValueError::new_err("buffersize too large"))?;
     // SAFETY: with a NULL source, PyBytes_FromStringAndSize allocates an
-    // uninitialised bytes object of `length` bytes (or returns NULL with an
-    // exception set); nothing else holds it until it is returned.
-    let mut bytes = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), length) };
-    if bytes.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `bytes` is a fresh bytes object of `size` bytes we own; its
-    // storage is writable until it is shared.
-    let storage = unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(bytes).cast::<u8>(), size) };
-    let received = syscalls::recv(fd, storage);
-    let received = match received {
-        Ok(Progress::Done(n)) => n,
-        Ok(Progress::WouldBlock) => {
-            // SAFETY: we own the only reference to `bytes`.
-            unsafe { ffi::Py_DECREF(bytes) };
-            return Ok(None);
-        }
-        Err(err) => {
-            // SAFETY: we own the only reference to `bytes`.
-            unsafe { ffi::Py_DECREF(bytes) };
-            return Err(os_error(py, &err));
-        }
+    // uninitialised bytes object of `length` bytes, or returns NULL with an
+    // exception set, which from_owned_ptr_or_err turns into a PyErr.
+    let bytes = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), length))? };
+    // SAFETY: `bytes` is a fresh bytes object of `size` bytes that nothing
+    // else references yet, so its storage may be written.
+    let storage = unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>(), size) };
+    let received = match syscalls::recv(fd, storage).map_err(|err| os_error(py, &err))? {
+        Progress::Done(n) => n,
+        Progress::WouldBlock => return Ok(None),
     };
-    if received != size {
-        // SAFETY: `bytes` is a bytes object with a reference count of one,
-        // which _PyBytes_Resize requires; on failure it frees the object and
-        // sets `bytes` to NULL with an exception set.
-        if unsafe { _PyBytes_Resize(&mut bytes, received as ffi::Py_ssize_t) } < 0 {
+    if received == size {
+        return Ok(Some(bytes.into_any().unbind()));
+    }
+    let mut raw = bytes.into_ptr();
+    // SAFETY: `raw` is our only reference to the bytes object, which
+    // _PyBytes_Resize requires; it returns the (possibly moved) object in
+    // `raw`, or frees it and sets `raw` to NULL with an exception set.
+    unsafe {
+        if _PyBytes_Resize(&mut raw, received as ffi::Py_ssize_t) < 0 {
             return Err(PyErr::fetch(py));
         }
-    }
-    // SAFETY: `bytes` is a valid new reference.
-    Ok(Some(unsafe { Bound::from_owned_ptr(py, bytes) }.unbind()))
-}
-
-/// A buffer export of an object, released on drop (`y*` / `w*` in CPython's
-/// argument parsing).
-struct Exported {
-    view: Box<ffi::Py_buffer>,
-}
-
-impl Exported {
-    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
-        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
-        // SAFETY: a zeroed Py_buffer is a valid out-parameter; on success it
-        // holds an export we release in Drop, on failure it is left unused.
-        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) } < 0 {
-            return Err(PyErr::fetch(obj.py()));
-        }
-        Ok(Self { view })
-    }
-
-    fn len(&self) -> usize {
-        self.view.len.max(0) as usize
-    }
-
-    fn as_ptr(&self) -> *mut u8 {
-        self.view.buf.cast()
-    }
-}
-
-impl Drop for Exported {
-    fn drop(&mut self) {
-        // SAFETY: only created with the GIL held, and dropped within the
-        // same GIL-holding call, so releasing needs no re-attach.
-        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+        Ok(Some(Bound::from_owned_ptr(py, raw).unbind()))
     }
 }
 
@@ -327,33 +290,32 @@ impl SockCall {
                 None => Attempt::WouldBlock,
             }),
             Operation::RecvInto { buffer } => {
-                let Ok(export) = Exported::new(buffer.bind(py), true) else {
+                let buffer = buffer.bind(py);
+                let Ok(received) = with_writable_bytes(buffer, |memory| syscalls::recv(fd, memory)) else {
                     // Let the socket method raise its own error for this object.
-                    return Ok(Attempt::Done(sock.call_method1(intern!(py, "recv_into"), (buffer.bind(py),))?.unbind()));
+                    return Ok(Attempt::Done(sock.call_method1(intern!(py, "recv_into"), (buffer,))?.unbind()));
                 };
-                // SAFETY: the export keeps `len()` writable bytes at
-                // `as_ptr()` alive and unmoved until it is dropped below.
-                let memory = unsafe { std::slice::from_raw_parts_mut(export.as_ptr(), export.len()) };
-                Ok(match syscalls::recv(fd, memory).map_err(|err| os_error(py, &err))? {
+                Ok(match received.map_err(|err| os_error(py, &err))? {
                     Progress::Done(n) => Attempt::Done(n.into_pyobject(py)?.into_any().unbind()),
                     Progress::WouldBlock => Attempt::WouldBlock,
                 })
             }
             Operation::SendAll { data, sent } => {
-                let export = match Exported::new(data.bind(py), false) {
-                    Ok(export) => export,
+                let data = data.bind(py);
+                let already = *sent;
+                let progress = with_bytes(data, |bytes| {
+                    let offset = already.min(bytes.len());
+                    syscalls::send_until_blocked(fd, &bytes[offset..]).map(|n| (offset + n, bytes.len()))
+                });
+                let (position, total) = match progress {
+                    Ok(outcome) => outcome.map_err(|err| os_error(py, &err))?,
                     // The socket method raises its own error for this object.
                     Err(export_error) => {
-                        return Err(sock.call_method1(intern!(py, "send"), (data.bind(py),)).err().unwrap_or(export_error))
+                        return Err(sock.call_method1(intern!(py, "send"), (data,)).err().unwrap_or(export_error))
                     }
                 };
-                let total = export.len();
-                let offset = (*sent).min(total);
-                // SAFETY: the export keeps `len()` readable bytes at
-                // `as_ptr()` alive and unmoved until it is dropped below.
-                let rest = unsafe { std::slice::from_raw_parts(export.as_ptr().add(offset), total - offset) };
-                *sent = offset + syscalls::send_until_blocked(fd, rest).map_err(|err| os_error(py, &err))?;
-                Ok(if *sent >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
+                *sent = position;
+                Ok(if position >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
             }
             Operation::Method { name, args, accept } => {
                 match sock.call_method1(name.bind(py), args.bind(py).clone()) {
@@ -645,19 +607,4 @@ impl Drop for SockCall {
             }
         });
     }
-}
-
-/// The `_transports` table (`WeakValueDictionary.data`: fd -> weak
-/// reference) the Python side keeps; set once per loop.
-pub type TransportTable = OnceLock<Py<PyDict>>;
-
-/// asyncio's `_ensure_fd_no_transport`: the Python method is called, for
-/// its exact error, only when the table has the fd at all.
-pub fn ensure_fd_no_transport(table: &TransportTable, event_loop: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
-    let py = event_loop.py();
-    let Some(table) = table.get() else { return Ok(()) };
-    if table.bind(py).contains(fd)? {
-        event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
-    }
-    Ok(())
 }

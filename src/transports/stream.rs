@@ -24,10 +24,11 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
-use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
+use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{is_fatal, LoopCore};
 use crate::handles::Scheduled;
 use crate::sync::lock;
@@ -131,31 +132,6 @@ pub struct StreamTransport {
     event_loop: Py<LoopCore>,
     extra: Py<PyDict>,
     state: Mutex<State>,
-}
-
-/// Runs `f` on the bytes of a bytes-like object without copying them.
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(f(bytes.as_bytes()));
-    }
-    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-    // SAFETY: `data` is a live object (GIL held); on success the buffer view
-    // is filled in and stays valid until PyBuffer_Release below, and
-    // PyBUF_SIMPLE guarantees a contiguous run of `len` bytes at `buf`.
-    unsafe {
-        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
-            return Err(PyErr::fetch(data.py()));
-        }
-        let view_ref = view.assume_init_mut();
-        let slice: &[u8] = if view_ref.len <= 0 || view_ref.buf.is_null() {
-            &[]
-        } else {
-            std::slice::from_raw_parts(view_ref.buf as *const u8, view_ref.len as usize)
-        };
-        let result = f(slice);
-        ffi::PyBuffer_Release(view_ref);
-        Ok(result)
-    }
 }
 
 fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
@@ -377,29 +353,11 @@ impl StreamTransport {
     /// `recv_into(buffer)`: Ok(None) when it would block, else the byte count
     /// and whether the buffer was filled.
     fn recv_into_object(fd: RawFd, buffer: &Bound<'_, PyAny>) -> PyResult<Option<(usize, bool)>> {
-        let py = buffer.py();
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: the GIL is held and `buffer` is alive; on success the view
-        // describes a writable, contiguous region of `len` bytes that stays
-        // valid until PyBuffer_Release, which runs on every path below.
-        unsafe {
-            if ffi::PyObject_GetBuffer(buffer.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
-                return Err(PyErr::fetch(py));
-            }
-            let view_ref = view.assume_init_mut();
-            let len = view_ref.len.max(0) as usize;
-            let slice = if len == 0 || view_ref.buf.is_null() {
-                &mut [][..]
-            } else {
-                std::slice::from_raw_parts_mut(view_ref.buf as *mut u8, len)
-            };
-            let outcome = syscalls::recv(fd, slice);
-            ffi::PyBuffer_Release(view_ref);
-            match outcome {
-                Ok(Progress::WouldBlock) => Ok(None),
-                Ok(Progress::Done(n)) => Ok(Some((n, n == len))),
-                Err(err) => Err(os_error(py, &err)),
-            }
+        let (outcome, len) = with_writable_bytes(buffer, |memory| (syscalls::recv(fd, memory), memory.len()))?;
+        match outcome {
+            Ok(Progress::WouldBlock) => Ok(None),
+            Ok(Progress::Done(n)) => Ok(Some((n, n == len))),
+            Err(err) => Err(os_error(buffer.py(), &err)),
         }
     }
 
