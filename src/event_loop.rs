@@ -24,6 +24,7 @@ use crate::poller::{Direction, Poller, Watcher};
 use crate::pyrefs;
 use crate::sync::lock;
 use crate::task_sites::TaskSites;
+use crate::transports::read_bytes::ReadBytes;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
 use crate::metrics::{IoCounters, LoopMetrics};
@@ -58,6 +59,8 @@ pub struct LoopCore {
     watchdog: Mutex<Option<Watchdog>>,
     pub(crate) metrics: Mutex<LoopMetrics>,
     pub(crate) io_counters: IoCounters,
+    /// The spare `bytes` object stream reads reuse.
+    pub(crate) read_bytes: ReadBytes,
     created_ns: u64,
     /// The Python side's `_transports` table (`WeakValueDictionary.data`:
     /// fd -> weak reference to the transport), for the `sock_*` checks.
@@ -362,6 +365,7 @@ impl LoopCore {
             watchdog: Mutex::new(None),
             metrics: Mutex::new(LoopMetrics::default()),
             io_counters: IoCounters::default(),
+            read_bytes: ReadBytes::default(),
             created_ns: clock::monotonic_ns(),
             transport_table: OnceLock::new(),
         })
@@ -480,6 +484,7 @@ impl LoopCore {
         };
         let watchers = self.poller.unwatch_all();
         drop((ready, timers, watchers));
+        self.read_bytes.clear();
     }
 
     fn _signal_wakeup_fd(&self) -> RawFd {

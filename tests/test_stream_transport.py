@@ -1269,6 +1269,63 @@ def test_written_bytearray_is_copied(run, family, sockdir):
     run(main)
 
 
+class KeepingProtocol(asyncio.Protocol):
+    """Acknowledges each chunk with one byte and keeps, per chunk, what the
+    test asks for: the bytes object, a memoryview of it, or nothing but
+    what hashing it gave."""
+
+    def __init__(self, keep: str) -> None:
+        self.keep = keep
+        self.kept: list[Any] = []
+        self.copies: list[bytes] = []
+        self.hash_mismatches = 0
+        self.by_content: dict[bytes, int] = {}
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if hash(data) != hash(bytes(bytearray(data))):
+            self.hash_mismatches += 1
+        self.by_content[bytes(bytearray(data))] = len(self.copies)
+        if data in self.by_content:
+            self.by_content[data] = len(self.copies)
+        self.copies.append(bytes(bytearray(data)))
+        if self.keep == "bytes":
+            self.kept.append(data)
+        elif self.keep == "memoryview":
+            self.kept.append(memoryview(data))
+        self.transport.write(b"k")
+
+
+@pytest.mark.parametrize("keep", ["bytes", "memoryview", "nothing"])
+def test_received_chunks_are_independent_objects(run, family, sockdir, keep):
+    """Chunk after chunk of about the same size, sent in lockstep so each
+    arrives in one read: whatever a protocol kept of an earlier chunk still
+    holds that chunk's contents, and every chunk hashes by its contents."""
+
+    async def main():
+        pair = await open_pair(family, sockdir, server_factory=lambda: KeepingProtocol(keep))
+        rng = random.Random(7)
+        sent = [rng.randbytes(rng.choice([600, 900, 1000, 1024, 1024, 4096])) for _ in range(60)]
+        for i, chunk in enumerate(sent):
+            pair.client_tr.write(chunk)
+            await pair.client.wait_bytes(i + 1)
+        server = pair.srv
+        assert b"".join(server.copies) == b"".join(sent)
+        assert server.hash_mismatches == 0
+        if keep == "bytes":
+            assert b"".join(server.kept) == b"".join(sent)
+            assert all(type(chunk) is bytes for chunk in server.kept)
+        elif keep == "memoryview":
+            assert b"".join(bytes(view) for view in server.kept) == b"".join(sent)
+        for index, chunk in enumerate(server.copies):
+            assert server.by_content[chunk] >= index
+        await pair.aclose()
+
+    run(main)
+
+
 def test_unreferenced_transport_keeps_working(run, family, sockdir):
     """Nothing but the loop refers to a server-side transport and its
     protocol: they must survive garbage collection and keep echoing."""

@@ -26,6 +26,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use super::read_bytes::Received;
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
 use crate::buffers::{with_bytes, with_writable_bytes};
@@ -217,11 +218,11 @@ impl StreamTransport {
         };
         let Some(reader) = reader else { return Ok(()) };
         let outcome = match reader {
-            Reader::DataReceived(method) => Self::read_into_bytes(slf, |data| method.bind(py).call1((data,)).map(drop))?,
+            Reader::DataReceived(method) => Self::read_into_bytes(slf, |data| call_with_one_arg(method.bind(py), data))?,
             Reader::Dynamic { buffered: false } => Self::read_into_bytes(slf, |data| {
                 let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
                 match protocol {
-                    Some(p) => p.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
+                    Some(p) => p.bind(py).call_method1(intern!(py, "data_received"), (data.clone(),)).map(drop),
                     None => Ok(()),
                 }
             })?,
@@ -260,27 +261,31 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// One `recv` into a fresh `bytes`, handed to `deliver`. Returns whether
-    /// the socket was drained (short read, EOF, error or EAGAIN).
+    /// One `recv`, handed to `deliver` as a `bytes` (see `read_bytes.rs`).
+    /// Returns whether the socket was drained (short read, EOF, error or
+    /// EAGAIN).
     fn read_into_bytes(
         slf: &Bound<'_, Self>,
-        deliver: impl FnOnce(Bound<'_, PyBytes>) -> PyResult<()>,
+        deliver: impl FnOnce(&Bound<'_, PyBytes>) -> PyResult<()>,
     ) -> PyResult<ReadOutcome> {
         let py = slf.py();
-        let fd = slf.get().fd;
+        let this = slf.get();
+        let event_loop = this.event_loop.get();
         let received = READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => Self::recv_bytes(py, fd, &mut buf),
-            Err(_) => Self::recv_bytes(py, fd, &mut vec![0u8; MAX_READ]),
+            Ok(mut buf) => Self::recv_bytes(py, this.fd, &mut buf, event_loop),
+            Err(_) => Self::recv_bytes(py, this.fd, &mut vec![0u8; MAX_READ], event_loop),
         });
         match received {
             Ok(None) => Ok(ReadOutcome::Exhausted),
-            Ok(Some((data, _))) if data.as_bytes().is_empty() => {
+            Ok(Some((received, _))) if received.data.as_bytes().is_empty() => {
                 Self::on_eof(slf)?;
                 Ok(ReadOutcome::Exhausted)
             }
-            Ok(Some((data, full))) => {
-                slf.get().event_loop.get().io_counters.add_received(data.as_bytes().len());
-                if let Err(err) = deliver(data) {
+            Ok(Some((received, full))) => {
+                event_loop.io_counters.add_received(received.data.as_bytes().len());
+                let delivered = deliver(&received.data);
+                event_loop.read_bytes.give_back(received);
+                if let Err(err) = delivered {
                     if is_fatal(py, &err) {
                         return Err(err);
                     }
@@ -296,10 +301,15 @@ impl StreamTransport {
         }
     }
 
-    fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<(Bound<'py, PyBytes>, bool)>> {
+    fn recv_bytes<'py>(
+        py: Python<'py>,
+        fd: RawFd,
+        buf: &mut [u8],
+        event_loop: &LoopCore,
+    ) -> std::io::Result<Option<(Received<'py>, bool)>> {
         match syscalls::recv(fd, buf)? {
             Progress::WouldBlock => Ok(None),
-            Progress::Done(n) => Ok(Some((PyBytes::new(py, &buf[..n]), n == buf.len()))),
+            Progress::Done(n) => Ok(Some((event_loop.read_bytes.bytes_from(py, &buf[..n]), n == buf.len()))),
         }
     }
 
@@ -1084,4 +1094,30 @@ impl Drop for StreamTransport {
             }
         });
     }
+}
+
+/// `callable(arg)` through vectorcall with a borrowed argument: the caller's
+/// reference to `arg` stays the only one the loop holds, which is what lets
+/// `ReadBytes::give_back` see whether the callee kept the object.
+fn call_with_one_arg(callable: &Bound<'_, PyAny>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = callable.py();
+    // Slot 0 is scratch space that PY_VECTORCALL_ARGUMENTS_OFFSET lets the
+    // callee use (a bound method puts `self` there instead of copying).
+    let mut args = [std::ptr::null_mut(), arg.as_ptr()];
+    // SAFETY: the GIL is held; `callable` and `arg` are live for the call,
+    // the argument vector holds one borrowed reference after its scratch
+    // slot, and a non-null result is a new reference owned from here on.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            args.as_mut_ptr().add(1),
+            1 | pyo3::ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            std::ptr::null_mut(),
+        );
+        if result.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        pyo3::ffi::Py_DECREF(result);
+    }
+    Ok(())
 }
