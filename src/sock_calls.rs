@@ -28,6 +28,7 @@ use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::LoopCore;
 use crate::poller::{Direction, Watcher};
 use crate::sync::lock;
+use crate::transports::read_bytes::{with_read_scratch, MAX_READ};
 use crate::transports::syscalls::{self, os_error, Progress};
 
 extern "C" {
@@ -243,7 +244,19 @@ pub fn sock_recvfrom_into(
 }
 
 /// `socket.recv(size)`: a new bytes object, shrunk to what arrived.
+/// Requests this small are allocated from pymalloc: receiving straight into
+/// the `bytes` and shrinking it costs less than a copy.
+const SMALL_RECV: usize = 512;
+
 fn recv_bytes(py: Python<'_>, fd: RawFd, size: usize) -> PyResult<Option<Py<PyAny>>> {
+    if std::env::var_os("FL_OLD").is_none() && size > SMALL_RECV && size <= MAX_READ {
+        let received = with_read_scratch(|buf| match syscalls::recv(fd, &mut buf[..size]) {
+            Ok(Progress::Done(n)) => Ok(Some(PyBytes::new(py, &buf[..n]).into_any().unbind())),
+            Ok(Progress::WouldBlock) => Ok(None),
+            Err(err) => Err(os_error(py, &err)),
+        });
+        return received;
+    }
     let length = ffi::Py_ssize_t::try_from(size).map_err(|_| PyValueError::new_err("buffersize too large"))?;
     // SAFETY: with a NULL source, PyBytes_FromStringAndSize allocates an
     // uninitialised bytes object of `length` bytes, or returns NULL with an

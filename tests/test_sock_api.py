@@ -68,16 +68,20 @@ def test_recv_into_and_recvfrom_into(loop, pair):
     assert bytes(buf[:3]) == b"abc"
 
 
-def test_sendall_moves_large_data_intact(loop, pair):
+# Read sizes on each side of the native recv's strategies: straight into the
+# bytes object up to 512 bytes, through a reused buffer up to 256 KiB, and
+# straight into the bytes object again beyond.
+@pytest.mark.parametrize("recv_size", [100, 512, 513, 65536, 256 * 1024, 300_000])
+def test_sendall_moves_large_data_intact(loop, pair, recv_size):
     a, b = pair
-    payload = os.urandom(8 * 1024 * 1024)
+    payload = os.urandom(8 * 1024 * 1024 if recv_size >= 65536 else 1024 * 1024)
 
     async def reader():
         chunks = []
         received = 0
         while received < len(payload):
-            chunk = await loop.sock_recv(b, 65536)
-            assert chunk
+            chunk = await loop.sock_recv(b, recv_size)
+            assert 0 < len(chunk) <= recv_size
             chunks.append(chunk)
             received += len(chunk)
         return b"".join(chunks)

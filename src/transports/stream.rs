@@ -16,7 +16,6 @@
 //! `connection_lost` exactly once) follows asyncio's `_SelectorSocketTransport`
 //! step by step. The state lock is never held across a call into Python.
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 
@@ -26,7 +25,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::read_bytes::Received;
+use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
 use crate::buffers::{with_bytes, with_writable_bytes};
@@ -34,18 +33,9 @@ use crate::event_loop::{is_fatal, LoopCore};
 use crate::handles::Scheduled;
 use crate::sync::lock;
 
-/// asyncio's `max_size` for one read.
-const MAX_READ: usize = 256 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
-
-thread_local! {
-    /// Reads land here and are copied into a `bytes` of the exact size: one
-    /// small copy is cheaper than allocating `MAX_READ` bytes per read and
-    /// shrinking them, which is what `sock.recv(max_size)` does.
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
-}
 
 struct Refs {
     buffered_protocol: Py<PyAny>,
@@ -271,10 +261,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let event_loop = this.event_loop.get();
-        let received = READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => Self::recv_bytes(py, this.fd, &mut buf, event_loop),
-            Err(_) => Self::recv_bytes(py, this.fd, &mut vec![0u8; MAX_READ], event_loop),
-        });
+        let received = with_read_scratch(|buf| Self::recv_bytes(py, this.fd, buf, event_loop));
         match received {
             Ok(None) => Ok(ReadOutcome::Exhausted),
             Ok(Some((received, _))) if received.data.as_bytes().is_empty() => {
