@@ -26,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     handles::install_direct_traverse(m.py());
+    sock_calls::install_am_send(m.py());
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
     for (name, descriptor) in fast_calls::descriptors(m.py())? {

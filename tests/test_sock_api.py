@@ -327,6 +327,40 @@ def test_sock_calls_are_coroutines_that_run_only_when_awaited(loop, pair):
     assert "coro=<Loop.sock_recv()" in repr(task)
 
 
+def test_sock_call_follows_the_coroutine_protocol(loop, pair):
+    """Driven by hand (send/StopIteration, as Python code and the 3.12+
+    interpreter do) and by await (the am_send slot on 3.10 and 3.11), a
+    native call behaves as an asyncio coroutine does."""
+    a, b = pair
+    b.send(b"now")
+    call = loop.sock_recv(a, 10)
+    with pytest.raises(StopIteration) as finished:
+        call.send(None)
+    assert finished.value.value == b"now"
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        call.send(None)
+
+    fresh = loop.sock_recv(a, 10)
+    with pytest.raises(TypeError, match="can't send non-None value to a just-started coroutine"):
+        fresh.send(1)
+    fresh.close()
+
+    b.send(b"awaited")
+    awaited_twice = loop.sock_recv(a, 10)
+
+    async def main():
+        first = await awaited_twice
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await awaited_twice
+        waiting = loop.sock_recv(a, 10)
+        later = asyncio.ensure_future(waiting)
+        await asyncio.sleep(0)
+        b.send(b"later")
+        return first, await later
+
+    assert loop.run_until_complete(main()) == (b"awaited", b"later")
+
+
 def test_timed_out_recv_loses_no_data(loop, pair):
     a, b = pair
 
