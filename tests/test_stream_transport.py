@@ -1243,9 +1243,13 @@ def test_loop_sendfile_over_a_transport(run, family, sockdir, tmp_path):
     run(main)
 
 
-def test_written_bytearray_is_copied(run, family, sockdir):
+def test_written_bytearray_is_copied(run, family, sockdir, loop_name, request):
     """Mutating a bytearray after write() must not change what is sent, even
     when the transport had to buffer it."""
+    if loop_name == "asyncio" and sys.version_info >= (3, 12):
+        # 3.12's selector transport queues the caller's buffers without
+        # copying them (CPython gh-91166), so later changes are sent.
+        request.applymarker(pytest.mark.xfail(reason="asyncio 3.12+ does not copy buffered writes"))
 
     async def main():
         pair = await open_pair(family, sockdir)
@@ -1324,6 +1328,27 @@ def test_received_chunks_are_independent_objects(run, family, sockdir, keep):
         await pair.aclose()
 
     run(main)
+
+
+@pytest.mark.parametrize("cleanup", ["default", "keep"])
+def test_closing_a_unix_server_cleans_up_its_path_as_asyncio_does(run, sockdir, cleanup):
+    """Since 3.13, closing a server made by create_unix_server() unlinks its
+    socket file unless cleanup_socket=False; before, the file stays."""
+    if cleanup == "keep" and sys.version_info < (3, 13):
+        pytest.skip("cleanup_socket= is new in 3.13")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        path = _unix_path(sockdir)
+        kwargs = {"cleanup_socket": False} if cleanup == "keep" else {}
+        server = await loop.create_unix_server(asyncio.Protocol, path, **kwargs)
+        assert os.path.exists(path)
+        server.close()
+        await server.wait_closed()
+        return os.path.exists(path)
+
+    removed_on_close = sys.version_info >= (3, 13) and cleanup == "default"
+    assert run(main) is not removed_on_close
 
 
 def test_unreferenced_transport_keeps_working(run, family, sockdir):

@@ -16,10 +16,12 @@ native (``ferroloop._native.StreamTransport``).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import weakref
 from asyncio import base_events, futures, selector_events, transports, trsock, unix_events
+from asyncio.log import logger
 from typing import Any, Optional
 
 from ._native import LoopCore, StreamTransport
@@ -143,7 +145,26 @@ class NetworkMethods:
     _start_serving = _borrow(_Selector, "_start_serving")
     _accept_connection = _borrow(_Selector, "_accept_connection")
     _accept_connection2 = _borrow(_Selector, "_accept_connection2")
-    _stop_serving = _Unix.__dict__.get("_stop_serving") or _borrow(_Selector, "_stop_serving")
+    _stop_serving_socket = _borrow(_Selector, "_stop_serving")
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        # Since 3.13 create_unix_server() records the inode of the path it
+        # bound (unless cleanup_socket=False), and closing the server unlinks
+        # the path if it still names that socket file. asyncio's own version
+        # of this method calls super(), so it cannot be borrowed.
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
+        self._stop_serving_socket(sock)
+        if path is None:
+            return
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
     _ensure_fd_no_transport = _borrow(_Selector, "_ensure_fd_no_transport")
     _sendfile_native = _borrow(_Selector, "_sendfile_native")
 
@@ -188,6 +209,9 @@ class NetworkMethods:
         # Pipe transports are not in `_transports` (asyncio keeps them
         # apart too); kept only to count open transports.
         self._pipe_transports = weakref.WeakSet()
+        # Listening Unix socket -> inode of its path, filled by 3.13+'s
+        # create_unix_server() for _stop_serving() to clean up.
+        self._unix_server_sockets: dict[socket.socket, int] = {}
 
     def _open_transport_count(self) -> int:
         """Socket and pipe transports whose connection is not yet lost.
