@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import ssl
 
 import pytest
@@ -491,5 +492,8 @@ def test_bad_arguments_raise_what_asyncio_raises(loop, call):
         expected = outcome(reference)
     finally:
         reference.close()
+    if expected[0] is AttributeError and "'sock_" in expected[1]:
+        # sock_sendto and sock_recvfrom(_into) are new in 3.11.
+        pytest.skip(f"asyncio {sys.version_info[:2]} has no such method: {expected[1]}")
     assert expected[0] is not None
     assert outcome(loop) == expected
