@@ -31,11 +31,11 @@ const SLACK_SHIFT: u32 = 3;
 pub const MAX_READ: usize = 256 * 1024;
 
 /// The scratch buffer starts on a page boundary. On the AMD EPYC machines
-/// the benchmarks ran on, the kernel's copy into a buffer that started 16
-/// bytes past a page boundary (where a fresh `malloc` of this size lands)
-/// ran at half speed: 100 KiB `sock_recv` echo went from 39 to 75 µs of
-/// server CPU per request. A page-aligned destination has the same offset as
-/// the socket buffer pages the data is copied from.
+/// the benchmarks ran on, the kernel's `recv` copy into a buffer starting 16
+/// or 17 bytes past a page boundary (16 is where a fresh `malloc` of this
+/// size lands) ran at about half speed, while offsets 0, 32, 64 and others
+/// did not: 100 KiB `sock_recv` echo took 72-77 instead of 38-40 µs of
+/// server CPU per request.
 const SCRATCH_ALIGN: usize = 4096;
 
 struct Scratch {
@@ -122,7 +122,9 @@ impl ReadBytes {
     /// next read if the caller's reference is the only one left.
     pub fn give_back(&self, received: Received<'_>) {
         if received.capacity >= MIN_REUSED && is_unshared(&received.data) {
-            *lock(&self.spare) = Some(Spare { bytes: received.data.unbind(), capacity: received.capacity });
+            let spare = Spare { bytes: received.data.unbind(), capacity: received.capacity };
+            let previous = lock(&self.spare).replace(spare);
+            drop(previous);
         }
     }
 
