@@ -67,6 +67,9 @@ pub struct LoopCore {
     transport_table: OnceLock<Py<PyDict>>,
 }
 
+/// `(filename, line, function, created)` as `_task_site` returns it.
+type TaskSiteTuple = (Py<PyAny>, i32, Py<PyAny>, f64);
+
 fn current_thread_ident() -> u64 {
     // SAFETY: pthread_self has no preconditions and cannot fail. CPython's
     // threading.get_ident() returns the same value on POSIX systems.
@@ -734,7 +737,7 @@ impl LoopCore {
 
     /// (filename, line, function, creation time on the loop's clock) of
     /// the create_task call that made `task`, if it was recorded.
-    fn _task_site(&self, task: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, i32, Py<PyAny>, f64)>> {
+    fn _task_site(&self, task: &Bound<'_, PyAny>) -> PyResult<Option<TaskSiteTuple>> {
         Ok(self
             .task_sites
             .lookup(task)?
