@@ -18,11 +18,13 @@ PostgreSQL if ``initdb`` is missing.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -216,7 +218,15 @@ def test_queries_types_and_large_results(run, cluster):
     }
 
 
-def test_copy_in_and_out(run, cluster):
+@pytest.mark.parametrize("sink", ["file", "coroutine"])
+def test_copy_in_and_out(run, cluster, sink, request):
+    """COPY in from records, and out to a file object or to a coroutine
+    function (which asyncpg awaits per chunk, pausing reads meanwhile)."""
+    if sys.version_info < (3, 11):
+        # asyncpg 0.32's COPY OUT fails there on stock asyncio too, with
+        # either sink ('NoneType' object has no attribute 'cancelled').
+        request.applymarker(pytest.mark.xfail(reason="asyncpg's COPY OUT fails on 3.10"))
+
     async def main() -> tuple[int, bytes]:
         conn = await asyncpg.connect(cluster.dsn())
         try:
@@ -224,12 +234,17 @@ def test_copy_in_and_out(run, cluster):
             records = [(i, "v" * (1 + i % 50)) for i in range(20000)]
             await conn.copy_records_to_table("copied", records=records)
             count = await conn.fetchval("SELECT count(*) FROM copied")
+            query = "SELECT a, b FROM copied ORDER BY a"
+            if sink == "file":
+                output = io.BytesIO()
+                await conn.copy_from_query(query, output=output, format="csv")
+                return count, output.getvalue()
             chunks: list[bytes] = []
 
-            async def sink(chunk: bytes) -> None:
+            async def collect(chunk: bytes) -> None:
                 chunks.append(chunk)
 
-            await conn.copy_from_query("SELECT a, b FROM copied ORDER BY a", output=sink, format="csv")
+            await conn.copy_from_query(query, output=collect, format="csv")
             return count, b"".join(chunks)
         finally:
             await conn.close()
