@@ -430,8 +430,27 @@ def run_client(
 # --- timing ---------------------------------------------------------------
 
 
+class Samples:
+    """Repeated measurements (one dict per run) and their summaries; shared
+    with http_bench.py."""
+
+    samples: list[dict[str, Any]]
+
+    def median(self, key: str) -> Optional[float]:
+        values = [s[key] for s in self.samples if s.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """(max - min) / median of the req/s samples."""
+        values = [s["req_per_s"] for s in self.samples]
+        if len(values) < 2:
+            return None
+        return (max(values) - min(values)) / statistics.median(values)
+
+
 @dataclass
-class Cell:
+class Cell(Samples):
     """All samples of one (style, size, conns, loop)."""
 
     style: str
@@ -440,10 +459,6 @@ class Cell:
     loop: str
     samples: list[dict[str, Any]] = field(default_factory=list)
     error: Optional[str] = None
-
-    def median(self, key: str) -> Optional[float]:
-        values = [s[key] for s in self.samples if s.get(key) is not None]
-        return statistics.median(values) if values else None
 
     @property
     def req_per_s(self) -> Optional[float]:
@@ -458,14 +473,6 @@ class Cell:
         values = [s["server_user_s"] / s["requests"] * 1e6 for s in self.samples
                   if s.get("server_user_s") is not None and s["requests"]]
         return statistics.median(values) if values else None
-
-    @property
-    def spread(self) -> Optional[float]:
-        """(max - min) / median of the req/s samples."""
-        values = [s["req_per_s"] for s in self.samples]
-        if len(values) < 2:
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
 
     @property
     def client_pct(self) -> Optional[float]:

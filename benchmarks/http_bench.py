@@ -25,7 +25,6 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core import csv_choice, log, markdown_table, probe_loop
-from echo import FerroloopSnapshot, RunFailed, log_lines, pin_to, positive_int, ratio, start_process, stop_all
+from echo import FerroloopSnapshot, RunFailed, Samples, log_lines, pin_to, positive_int, ratio, start_process, stop_all
 
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "asgi_server.py"
@@ -86,21 +85,10 @@ class HttpServer:
 
 
 @dataclass
-class Result:
+class Result(Samples):
     loop: str
     samples: list[dict[str, Any]] = field(default_factory=list)
     error: Optional[str] = None
-
-    def median(self, key: str) -> Optional[float]:
-        values = [s[key] for s in self.samples if s.get(key) is not None]
-        return statistics.median(values) if values else None
-
-    @property
-    def spread(self) -> Optional[float]:
-        values = [s["req_per_s"] for s in self.samples]
-        if len(values) < 2:
-            return None
-        return (max(values) - min(values)) / statistics.median(values)
 
 
 def start_http_server(loop: str, logdir: Path, cpu: Optional[int]) -> HttpServer:
