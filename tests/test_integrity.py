@@ -54,9 +54,32 @@ def _chunk(rng: random.Random, n: int) -> memoryview:
     return memoryview(POOL)[start : start + n]
 
 
-class EchoServer(asyncio.Protocol):
-    """Writes back everything in data_received; stops reading while the
-    transport's write buffer is above its high-water mark."""
+class EchoServerEnds:
+    """What both echo servers do besides reading: stop reading while the
+    transport's write buffer is above its high-water mark, close on EOF, and
+    count what arrived."""
+
+    stats: dict
+    transport: Any
+    received: int
+
+    def pause_writing(self) -> None:
+        self.stats["paused"] += 1
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close() flushes what is left, then closes
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.stats["lost"].append(exc)
+        self.stats["received"] += self.received
+
+
+class EchoServer(EchoServerEnds, asyncio.Protocol):
+    """Writes back everything in data_received."""
 
     def __init__(self, stats: dict) -> None:
         self.stats = stats
@@ -75,22 +98,8 @@ class EchoServer(asyncio.Protocol):
         self.received += len(data)
         self.transport.write(data)
 
-    def pause_writing(self) -> None:
-        self.stats["paused"] += 1
-        self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        return False  # close() flushes what is left, then closes
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.stats["lost"].append(exc)
-        self.stats["received"] += self.received
-
-
-class BufferedEchoServer(asyncio.BufferedProtocol):
+class BufferedEchoServer(EchoServerEnds, asyncio.BufferedProtocol):
     """The same echo, reading into its own buffer of a random size."""
 
     def __init__(self, stats: dict, seed: int) -> None:
@@ -113,20 +122,6 @@ class BufferedEchoServer(asyncio.BufferedProtocol):
         assert 0 < nbytes <= self.size
         self.received += nbytes
         self.transport.write(bytes(self.buf[:nbytes]))
-
-    def pause_writing(self) -> None:
-        self.stats["paused"] += 1
-        self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self.stats["lost"].append(exc)
-        self.stats["received"] += self.received
 
 
 # Progress of every client of the running test (seed -> counters), for the
