@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::thread_exit;
 use crate::activity::Activity;
 use crate::clock;
 use crate::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
@@ -831,6 +832,6 @@ pub fn report_callback_error(
 /// Passes the signal numbers read from the wakeup pipe to the Python side.
 pub fn deliver_signals(slf: &Bound<'_, LoopCore>, signums: &[u8]) -> PyResult<()> {
     let py = slf.py();
-    slf.call_method1(intern!(py, "_handle_signals"), (PyBytes::new(py, signums),))?;
+    thread_exit::call_method(&slf, intern!(py, "_handle_signals"), (PyBytes::new(py, signums),))?;
     Ok(())
 }

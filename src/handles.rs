@@ -212,7 +212,7 @@ pub fn call_in_context(
         if ffi::PyContext_Enter(context.as_ptr()) != 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        let result = crate::thread_exit::object_call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
         let call_error = if result.is_null() { Some(PyErr::fetch(py)) } else { None };
         let exit_failed = ffi::PyContext_Exit(context.as_ptr()) != 0;
         if !result.is_null() {

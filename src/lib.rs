@@ -14,6 +14,7 @@ mod run;
 mod sock_calls;
 mod sync;
 mod task_sites;
+mod thread_exit;
 mod timers;
 mod transports;
 mod watchdog;

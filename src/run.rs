@@ -14,6 +14,7 @@ use mio::Events;
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::thread_exit;
 use crate::activity::{PHASE_IDLE, PHASE_POLLING};
 use crate::clock;
 use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
@@ -61,7 +62,7 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let through_python = run_once_overridden(slf);
     let outcome = loop {
         let iteration = if through_python {
-            slf.call_method0(intern!(slf.py(), "_run_once")).map(drop)
+            thread_exit::call_method(&slf, intern!(slf.py(), "_run_once"), ()).map(drop)
         } else {
             run_once(slf, this, &mut scratch)
         };
@@ -272,7 +273,7 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             context.set_item(intern!(py, "exception"), err.into_value(py))?;
             let key = if matches!(item, Scheduled::Io(_)) { intern!(py, "transport") } else { intern!(py, "handle") };
             context.set_item(key, item.as_object(py))?;
-            slf.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            thread_exit::call_method(&slf, intern!(py, "call_exception_handler"), (context,))?;
             Ok(())
         }
     }
@@ -289,7 +290,7 @@ fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> Py
         let elapsed = clock::monotonic() - started;
         let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= threshold {
-            slf.call_method1(intern!(py, "_log_slow_callback"), (item.as_object(py), elapsed))?;
+            thread_exit::call_method(&slf, intern!(py, "_log_slow_callback"), (item.as_object(py), elapsed))?;
         }
         return Ok(());
     };
@@ -306,7 +307,7 @@ fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> Py
     outcome?;
     let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
     if elapsed >= threshold {
-        slf.call_method1(intern!(py, "_log_slow_callback"), (handle, elapsed))?;
+        thread_exit::call_method(&slf, intern!(py, "_log_slow_callback"), (handle, elapsed))?;
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::thread_exit;
 use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::LoopCore;
 use crate::poller::{Direction, Watcher};
@@ -309,7 +310,7 @@ impl SockCall {
                 let buffer = buffer.bind(py);
                 let Ok(received) = with_writable_bytes(buffer, |memory| syscalls::recv(fd, memory)) else {
                     // Let the socket method raise its own error for this object.
-                    return Ok(Attempt::Done(sock.call_method1(intern!(py, "recv_into"), (buffer,))?.unbind()));
+                    return Ok(Attempt::Done(thread_exit::call_method(sock, intern!(py, "recv_into"), (buffer,))?.unbind()));
                 };
                 Ok(match received.map_err(|err| os_error(py, &err))? {
                     Progress::Done(n) => Attempt::Done(n.into_pyobject(py)?.into_any().unbind()),
@@ -327,14 +328,14 @@ impl SockCall {
                     Ok(outcome) => outcome.map_err(|err| os_error(py, &err))?,
                     // The socket method raises its own error for this object.
                     Err(export_error) => {
-                        return Err(sock.call_method1(intern!(py, "send"), (data,)).err().unwrap_or(export_error))
+                        return Err(thread_exit::call_method(sock, intern!(py, "send"), (data,)).err().unwrap_or(export_error))
                     }
                 };
                 *sent = position;
                 Ok(if position >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
             }
             Operation::Method { name, args, accept } => {
-                match sock.call_method1(name.bind(py), args.bind(py).clone()) {
+                match thread_exit::call_method(sock, name.bind(py), args.bind(py).clone()) {
                     Ok(result) => {
                         if *accept {
                             let connection = result.get_item(0)?;

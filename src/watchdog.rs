@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::thread_exit;
 use crate::activity::{Activity, PHASE_RUNNING_CALLBACK};
 use crate::sync::lock;
 
@@ -125,7 +126,7 @@ fn sample(activity: &Activity, threshold: Duration, interval: Duration, signal: 
 fn report(reporter: &Py<PyAny>, event: &str, stalled: Duration) {
     // try_attach declines while the interpreter shuts down.
     Python::try_attach(|py| {
-        if let Err(err) = reporter.call1(py, (event, stalled.as_secs_f64())) {
+        if let Err(err) = thread_exit::call(reporter.bind(py), (event, stalled.as_secs_f64())) {
             err.write_unraisable(py, Some(reporter.bind(py)));
         }
     });

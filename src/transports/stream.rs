@@ -28,6 +28,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
+use crate::thread_exit;
 use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{is_fatal, LoopCore};
 use crate::handles::Scheduled;
@@ -212,7 +213,7 @@ impl StreamTransport {
             Reader::Dynamic { buffered: false } => Self::read_into_bytes(slf, |data| {
                 let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
                 match protocol {
-                    Some(p) => p.bind(py).call_method1(intern!(py, "data_received"), (data.clone(),)).map(drop),
+                    Some(p) => thread_exit::call_method(&p.bind(py), intern!(py, "data_received"), (data.clone(),)).map(drop),
                     None => Ok(()),
                 }
             })?,
@@ -307,7 +308,7 @@ impl StreamTransport {
         buffer_updated: &Bound<'_, PyAny>,
     ) -> PyResult<ReadOutcome> {
         let py = slf.py();
-        let buffer = get_buffer.call1((-1,)).and_then(|buf| {
+        let buffer = thread_exit::call(get_buffer, (-1,)).and_then(|buf| {
             if buf.len()? == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
@@ -337,7 +338,7 @@ impl StreamTransport {
             Some(outcome) => outcome,
         };
         slf.get().event_loop.get().io_counters.add_received(nbytes);
-        if let Err(err) = buffer_updated.call1((nbytes,)) {
+        if let Err(err) = thread_exit::call(buffer_updated, (nbytes,)) {
             if is_fatal(py, &err) {
                 return Err(err);
             }
@@ -366,9 +367,7 @@ impl StreamTransport {
         }
         let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
         let Some(protocol) = protocol else { return Ok(()) };
-        let keep_open = protocol
-            .bind(py)
-            .call_method0(intern!(py, "eof_received"))
+        let keep_open = thread_exit::call_method(protocol.bind(py), intern!(py, "eof_received"), ())
             .and_then(|result| result.is_truthy());
         match keep_open {
             Ok(true) => {
@@ -445,7 +444,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = protocol.bind(py).call_method0(intern!(py, "pause_writing")) {
+            if let Err(err) = thread_exit::call_method(&protocol.bind(py), intern!(py, "pause_writing"), ()) {
                 Self::report_flow_control_error(slf, err, "protocol.pause_writing() failed", protocol.bind(py))?;
             }
         }
@@ -463,7 +462,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = protocol.bind(py).call_method0(intern!(py, "resume_writing")) {
+            if let Err(err) = thread_exit::call_method(&protocol.bind(py), intern!(py, "resume_writing"), ()) {
                 Self::report_flow_control_error(slf, err, "protocol.resume_writing() failed", protocol.bind(py))?;
             }
         }
@@ -496,7 +495,7 @@ impl StreamTransport {
         context.set_item(intern!(py, "exception"), exc)?;
         context.set_item(intern!(py, "transport"), slf)?;
         context.set_item(intern!(py, "protocol"), protocol)?;
-        slf.get().loop_obj(py).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        thread_exit::call_method(&slf.get().loop_obj(py), intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     }
 
@@ -1010,7 +1009,7 @@ impl StreamTransport {
         let this = slf.get();
         let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
         let outcome = match protocol {
-            Some(protocol) => protocol.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
+            Some(protocol) => thread_exit::call_method(&protocol.bind(py), intern!(py, "connection_lost"), (exc,)).map(drop),
             None => Ok(()),
         };
         // asyncio's `finally:` block: release everything even if the
@@ -1095,12 +1094,8 @@ fn call_with_one_arg(callable: &Bound<'_, PyAny>, arg: &Bound<'_, PyAny>) -> PyR
     // the argument vector holds one borrowed reference after its scratch
     // slot, and a non-null result is a new reference owned from here on.
     unsafe {
-        let result = pyo3::ffi::PyObject_Vectorcall(
-            callable.as_ptr(),
-            args.as_mut_ptr().add(1),
-            1 | pyo3::ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
-            std::ptr::null_mut(),
-        );
+        let result =
+            thread_exit::vectorcall(callable.as_ptr(), args.as_mut_ptr().add(1), 1 | pyo3::ffi::PY_VECTORCALL_ARGUMENTS_OFFSET);
         if result.is_null() {
             return Err(PyErr::fetch(py));
         }

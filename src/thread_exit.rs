@@ -1,0 +1,116 @@
+//! Calls into Python that CPython may end the calling thread in.
+//!
+//! CPython 3.10 to 3.13 end a thread that asks for the GIL while the
+//! interpreter finalizes (a daemon thread still running at exit) with
+//! `pthread_exit`, which on glibc unwinds the thread's stack. Rust frames
+//! cannot take that unwinding: a call declared as plain `extern "C"` has no
+//! unwind entry, so the unwinder aborts the process, and a frame that does
+//! have one drops Python objects without the GIL. A loop running in a daemon
+//! thread is always inside such a call when the interpreter exits.
+//!
+//! So every call from the loop into Python code goes through here: declared
+//! `C-unwind`, with a guard that, if the call unwinds, blocks the thread
+//! until the process exits (what CPython 3.14 does with such threads itself)
+//! before the unwinding reaches any frame of ours. PyO3 guards
+//! `PyGILState_Ensure` and `PyEval_RestoreThread` the same way.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
+use pyo3::BoundObject;
+
+mod raw {
+    use pyo3::ffi::PyObject;
+
+    // The same C-API functions PyO3 declares, with the ABI that lets a
+    // forced unwind pass out of them.
+    #[allow(clashing_extern_declarations)]
+    extern "C-unwind" {
+        pub fn PyObject_Call(callable: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject;
+        #[cfg(Py_3_11)]
+        pub fn PyObject_Vectorcall(
+            callable: *mut PyObject,
+            args: *const *mut PyObject,
+            nargsf: usize,
+            kwnames: *mut PyObject,
+        ) -> *mut PyObject;
+        #[cfg(not(Py_3_11))]
+        pub fn PyObject_VectorcallDict(
+            callable: *mut PyObject,
+            args: *const *mut PyObject,
+            nargsf: usize,
+            kwdict: *mut PyObject,
+        ) -> *mut PyObject;
+    }
+}
+
+/// Blocks the thread for good when dropped, which only happens if the call
+/// it guards unwinds: on the normal path it is forgotten.
+struct HangIfUnwound;
+
+impl Drop for HangIfUnwound {
+    fn drop(&mut self) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// `PyObject_Call`, guarded.
+///
+/// # Safety
+/// As for `PyObject_Call`: the GIL is held and the arguments are valid
+/// (`kwargs` may be null).
+pub unsafe fn object_call(
+    callable: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let guard = HangIfUnwound;
+    // SAFETY: the caller upholds PyObject_Call's contract.
+    let result = unsafe { raw::PyObject_Call(callable, args, kwargs) };
+    std::mem::forget(guard);
+    result
+}
+
+/// `PyObject_Vectorcall` without keyword arguments, guarded.
+///
+/// # Safety
+/// As for `PyObject_Vectorcall`: the GIL is held, `args` points to the
+/// number of arguments `nargsf` gives (and to a writable slot before them
+/// when `PY_VECTORCALL_ARGUMENTS_OFFSET` is set).
+pub unsafe fn vectorcall(callable: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargsf: usize) -> *mut ffi::PyObject {
+    let guard = HangIfUnwound;
+    // SAFETY: the caller upholds the vectorcall contract; VectorcallDict
+    // with no dict is the same call on 3.10, where PyObject_Vectorcall is
+    // an inline function rather than an exported one.
+    #[cfg(Py_3_11)]
+    let result = unsafe { raw::PyObject_Vectorcall(callable, args, nargsf, std::ptr::null_mut()) };
+    #[cfg(not(Py_3_11))]
+    let result = unsafe { raw::PyObject_VectorcallDict(callable, args, nargsf, std::ptr::null_mut()) };
+    std::mem::forget(guard);
+    result
+}
+
+/// `callable(*args)`, guarded.
+pub fn call<'py, A>(callable: &Bound<'py, PyAny>, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+{
+    let py = callable.py();
+    let args = args.into_pyobject(py).map_err(Into::into)?.into_bound();
+    // SAFETY: the GIL is held (`py`); both objects are live for the call,
+    // and a non-null result is a new reference, owned from here on.
+    unsafe {
+        let result = object_call(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}
+
+/// `obj.name(*args)`, guarded (the attribute lookup itself is not a call).
+pub fn call_method<'py, A>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+{
+    call(&obj.getattr(name)?, args)
+}
