@@ -832,6 +832,6 @@ pub fn report_callback_error(
 /// Passes the signal numbers read from the wakeup pipe to the Python side.
 pub fn deliver_signals(slf: &Bound<'_, LoopCore>, signums: &[u8]) -> PyResult<()> {
     let py = slf.py();
-    thread_exit::call_method(&slf, intern!(py, "_handle_signals"), (PyBytes::new(py, signums),))?;
+    thread_exit::call_method(slf, intern!(py, "_handle_signals"), (PyBytes::new(py, signums),))?;
     Ok(())
 }

@@ -62,7 +62,7 @@ pub fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let through_python = run_once_overridden(slf);
     let outcome = loop {
         let iteration = if through_python {
-            thread_exit::call_method(&slf, intern!(slf.py(), "_run_once"), ()).map(drop)
+            thread_exit::call_method(slf, intern!(slf.py(), "_run_once"), ()).map(drop)
         } else {
             run_once(slf, this, &mut scratch)
         };
@@ -273,7 +273,7 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             context.set_item(intern!(py, "exception"), err.into_value(py))?;
             let key = if matches!(item, Scheduled::Io(_)) { intern!(py, "transport") } else { intern!(py, "handle") };
             context.set_item(key, item.as_object(py))?;
-            thread_exit::call_method(&slf, intern!(py, "call_exception_handler"), (context,))?;
+            thread_exit::call_method(slf, intern!(py, "call_exception_handler"), (context,))?;
             Ok(())
         }
     }
@@ -290,7 +290,7 @@ fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> Py
         let elapsed = clock::monotonic() - started;
         let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
         if elapsed >= threshold {
-            thread_exit::call_method(&slf, intern!(py, "_log_slow_callback"), (item.as_object(py), elapsed))?;
+            thread_exit::call_method(slf, intern!(py, "_log_slow_callback"), (item.as_object(py), elapsed))?;
         }
         return Ok(());
     };
@@ -307,7 +307,7 @@ fn run_timed(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> Py
     outcome?;
     let threshold: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
     if elapsed >= threshold {
-        thread_exit::call_method(&slf, intern!(py, "_log_slow_callback"), (handle, elapsed))?;
+        thread_exit::call_method(slf, intern!(py, "_log_slow_callback"), (handle, elapsed))?;
     }
     Ok(())
 }

@@ -213,7 +213,7 @@ impl StreamTransport {
             Reader::Dynamic { buffered: false } => Self::read_into_bytes(slf, |data| {
                 let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
                 match protocol {
-                    Some(p) => thread_exit::call_method(&p.bind(py), intern!(py, "data_received"), (data.clone(),)).map(drop),
+                    Some(p) => thread_exit::call_method(p.bind(py), intern!(py, "data_received"), (data.clone(),)).map(drop),
                     None => Ok(()),
                 }
             })?,
@@ -444,7 +444,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(&protocol.bind(py), intern!(py, "pause_writing"), ()) {
+            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "pause_writing"), ()) {
                 Self::report_flow_control_error(slf, err, "protocol.pause_writing() failed", protocol.bind(py))?;
             }
         }
@@ -462,7 +462,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(&protocol.bind(py), intern!(py, "resume_writing"), ()) {
+            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "resume_writing"), ()) {
                 Self::report_flow_control_error(slf, err, "protocol.resume_writing() failed", protocol.bind(py))?;
             }
         }
@@ -495,7 +495,7 @@ impl StreamTransport {
         context.set_item(intern!(py, "exception"), exc)?;
         context.set_item(intern!(py, "transport"), slf)?;
         context.set_item(intern!(py, "protocol"), protocol)?;
-        thread_exit::call_method(&slf.get().loop_obj(py), intern!(py, "call_exception_handler"), (context,))?;
+        thread_exit::call_method(slf.get().loop_obj(py), intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     }
 
@@ -1009,7 +1009,7 @@ impl StreamTransport {
         let this = slf.get();
         let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
         let outcome = match protocol {
-            Some(protocol) => thread_exit::call_method(&protocol.bind(py), intern!(py, "connection_lost"), (exc,)).map(drop),
+            Some(protocol) => thread_exit::call_method(protocol.bind(py), intern!(py, "connection_lost"), (exc,)).map(drop),
             None => Ok(()),
         };
         // asyncio's `finally:` block: release everything even if the
