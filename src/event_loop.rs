@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
@@ -26,6 +26,7 @@ use crate::pyrefs;
 use crate::sync::lock;
 use crate::task_sites::TaskSites;
 use crate::transports::read_bytes::ReadBytes;
+use crate::transports::syscalls::os_error;
 use crate::timers::TimerHeap;
 use crate::watchdog::Watchdog;
 use crate::metrics::{IoCounters, LoopMetrics};
@@ -77,29 +78,29 @@ fn current_thread_ident() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
-/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
-pub fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
-        fileobj.extract()?
+/// selectors' `_fileobj_to_fd`: an int, or an object with `fileno()`.
+/// `None` for a number epoll cannot take (beyond a C int), which selectors
+/// only find out when registering it.
+pub fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = fileobj.py();
+    let number = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.clone()
     } else {
         let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_or_type(fileobj)));
-        let number = fileobj.call_method0(intern!(fileobj.py(), "fileno")).map_err(|err| {
-            let py = fileobj.py();
-            if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+        let is_conversion_error = |err: &PyErr| {
+            err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
                 || err.is_instance_of::<PyTypeError>(py)
                 || err.is_instance_of::<PyValueError>(py)
-            {
-                invalid()
-            } else {
-                err
-            }
-        })?;
-        number.extract().map_err(|_| invalid())?
+        };
+        fileobj
+            .call_method0(intern!(py, "fileno"))
+            .and_then(|fileno| py.get_type::<PyInt>().call1((fileno,)))
+            .map_err(|err| if is_conversion_error(&err) { invalid() } else { err })?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    Ok(number.extract::<RawFd>().ok())
 }
 
 fn repr_or_type(obj: &Bound<'_, PyAny>) -> String {
@@ -119,7 +120,11 @@ fn extract_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     if let Ok(float) = value.cast_exact::<pyo3::types::PyFloat>() {
         return Ok(float.value());
     }
-    value.extract::<f64>().map_err(|_| {
+    value.extract::<f64>().map_err(|err| {
+        // An int too large for a float fails the addition the same way.
+        if err.is_instance_of::<PyOverflowError>(value.py()) {
+            return err;
+        }
         let type_name = value
             .get_type()
             .name()
@@ -322,11 +327,16 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         let this = slf.get();
-        let fd = fileobj_to_fd(fd)?;
         this.check_closed()?;
+        let Some(fd) = fileobj_to_fd(fd)? else {
+            return Err(PyOverflowError::new_err("Python int too large to convert to C int"));
+        };
         let core = this.handle_core(slf, callback, args, None)?;
         let handle = Py::new(slf.py(), Handle { core })?;
-        let replaced = this.poller.watch(fd, direction, Watcher::Callback(handle.clone_ref(slf.py())))?;
+        let replaced = this
+            .poller
+            .watch(fd, direction, Watcher::Callback(handle.clone_ref(slf.py())))
+            .map_err(|err| os_error(slf.py(), &err))?;
         if let Some(old) = replaced {
             old.retire(slf.py());
         }
@@ -335,10 +345,10 @@ impl LoopCore {
 
     fn remove_watch(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, direction: Direction) -> PyResult<bool> {
         let this = slf.get();
-        let fd = fileobj_to_fd(fd)?;
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
+        let Some(fd) = fileobj_to_fd(fd)? else { return Ok(false) };
         match this.poller.unwatch(fd, direction) {
             Some(watcher) => {
                 watcher.retire(slf.py());
@@ -402,7 +412,7 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::enqueue(slf, callback, args, context, "call_soon_threadsafe", false)?;
-        slf.get().poller.wake()?;
+        slf.get().poller.wake().map_err(|err| os_error(slf.py(), &err))?;
         Ok(handle)
     }
 
@@ -487,6 +497,7 @@ impl LoopCore {
             std::mem::take(&mut sched.ready)
         };
         let watchers = self.poller.unwatch_all();
+        self.poller.release();
         drop((ready, timers, watchers));
         self.read_bytes.clear();
     }
@@ -499,8 +510,8 @@ impl LoopCore {
         self.has_signal_handlers.store(value, Ordering::Relaxed);
     }
 
-    fn _write_to_self(&self) -> PyResult<()> {
-        Ok(self.poller.wake()?)
+    fn _write_to_self(&self, py: Python<'_>) -> PyResult<()> {
+        self.poller.wake().map_err(|err| os_error(py, &err))
     }
 
     /// Starts the stall watchdog (replacing a running one): `reporter(event,
@@ -511,7 +522,9 @@ impl LoopCore {
         }
         Self::_stop_watchdog(slf);
         let this = slf.get();
-        let watchdog = Watchdog::start(Arc::clone(&this.activity), std::time::Duration::from_secs_f64(threshold), reporter)?;
+        let threshold = std::time::Duration::try_from_secs_f64(threshold)
+            .map_err(|_| PyOverflowError::new_err(format!("watchdog threshold too large: {threshold} seconds")))?;
+        let watchdog = Watchdog::start(Arc::clone(&this.activity), threshold, reporter)?;
         *lock(&this.watchdog) = Some(watchdog);
         Ok(())
     }

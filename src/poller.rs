@@ -105,16 +105,28 @@ pub struct Dispatch {
 }
 
 pub struct Poller {
-    poll: Mutex<Poll>,
-    registry: Registry,
-    waker: Waker,
+    /// `None` once the loop is closed, like `os`.
+    poll: Mutex<Option<Poll>>,
+    /// The loop's other OS resources, released by `release`.
+    os: Mutex<Option<OsParts>>,
     watches: Mutex<IntMap<RawFd, FdWatch>>,
     watch_count: AtomicUsize,
     rearm: Mutex<Vec<RawFd>>,
     /// Set when `rearm` is non-empty, so the common case costs one load.
     rearm_pending: AtomicBool,
+}
+
+struct OsParts {
+    /// A duplicate of the poll's epoll fd, so that registering needs no
+    /// lock the poll holds while it waits.
+    registry: Registry,
+    waker: Waker,
     signal_reader: UnixStream,
     signal_writer: UnixStream,
+}
+
+fn closed_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
 }
 
 impl Poller {
@@ -125,26 +137,42 @@ impl Poller {
         let (mut signal_reader, signal_writer) = UnixStream::pair()?;
         registry.register(&mut signal_reader, SIGNAL_TOKEN, Interest::READABLE)?;
         Ok(Self {
-            poll: Mutex::new(poll),
-            registry,
-            waker,
+            poll: Mutex::new(Some(poll)),
+            os: Mutex::new(Some(OsParts { registry, waker, signal_reader, signal_writer })),
             watches: Mutex::new(IntMap::default()),
             watch_count: AtomicUsize::new(0),
             rearm: Mutex::new(Vec::new()),
             rearm_pending: AtomicBool::new(false),
-            signal_reader,
-            signal_writer,
         })
+    }
+
+    /// Closes the loop's file descriptors (epoll, its duplicate, the waker
+    /// and the signal pipe), as `loop.close()` does in asyncio. Registering
+    /// afterwards fails with EBADF, waking and polling do nothing.
+    pub fn release(&self) {
+        let os = lock(&self.os).take();
+        let poll = lock(&self.poll).take();
+        drop((os, poll));
+    }
+
+    fn with_registry<T>(&self, action: impl FnOnce(&Registry) -> io::Result<T>) -> io::Result<T> {
+        match lock(&self.os).as_ref() {
+            Some(os) => action(&os.registry),
+            None => Err(closed_error()),
+        }
     }
 
     /// The fd to pass to `signal.set_wakeup_fd`: the C signal handler writes
     /// the signal number there, which wakes the poll.
     pub fn signal_wakeup_fd(&self) -> RawFd {
-        self.signal_writer.as_raw_fd()
+        lock(&self.os).as_ref().map_or(-1, |os| os.signal_writer.as_raw_fd())
     }
 
     pub fn wake(&self) -> io::Result<()> {
-        self.waker.wake()
+        match lock(&self.os).as_ref() {
+            Some(os) => os.waker.wake(),
+            None => Ok(()),
+        }
     }
 
     pub fn has_watches(&self) -> bool {
@@ -223,7 +251,7 @@ impl Poller {
             None => {
                 watches.remove(&fd);
                 self.watch_count.fetch_sub(1, Ordering::Relaxed);
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
+                let _ = self.with_registry(|registry| registry.deregister(&mut SourceFd(&fd)));
             }
         }
     }
@@ -235,7 +263,7 @@ impl Poller {
         let mut handles = Vec::new();
         let mut streams = Vec::new();
         for (fd, watch) in watches.drain() {
-            let _ = self.registry.deregister(&mut SourceFd(&fd));
+            let _ = self.with_registry(|registry| registry.deregister(&mut SourceFd(&fd)));
             handles.extend(watch.reader);
             handles.extend(watch.writer);
             streams.extend(watch.stream);
@@ -287,18 +315,18 @@ impl Poller {
     }
 
     fn register(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        match self.registry.register(&mut SourceFd(&fd), Token(fd as usize), interest) {
+        match self.with_registry(|registry| registry.register(&mut SourceFd(&fd), Token(fd as usize), interest)) {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => self.reregister(fd, interest),
             other => other,
         }
     }
 
     fn reregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        match self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest) {
+        match self.with_registry(|registry| registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)) {
             // The fd was closed and its number reused without remove_reader:
             // epoll dropped the old watch, so register the new file.
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                self.registry.register(&mut SourceFd(&fd), Token(fd as usize), interest)
+                self.with_registry(|registry| registry.register(&mut SourceFd(&fd), Token(fd as usize), interest))
             }
             other => other,
         }
@@ -329,7 +357,10 @@ impl Poller {
 
     /// Waits for readiness. Must be called from the loop's thread only.
     pub fn poll(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-        lock(&self.poll).poll(events, timeout)
+        match lock(&self.poll).as_mut() {
+            Some(poll) => poll.poll(events, timeout),
+            None => Err(closed_error()),
+        }
     }
 
     /// Turns poll events into the handles to run, asyncio's `_process_events`.
@@ -392,8 +423,10 @@ impl Poller {
     pub fn drain_signal_pipe(&self) -> Vec<u8> {
         let mut signums = Vec::new();
         let mut buf = [0u8; 256];
+        let os = lock(&self.os);
+        let Some(os) = os.as_ref() else { return signums };
         loop {
-            match (&self.signal_reader).read(&mut buf) {
+            match (&os.signal_reader).read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => signums.extend_from_slice(&buf[..n]),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,

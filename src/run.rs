@@ -21,6 +21,7 @@ use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCo
 use crate::handles::{Scheduled, TimerHandle};
 use crate::sock_calls::SockCall;
 use crate::transports::stream::StreamTransport;
+use crate::transports::syscalls::os_error;
 use pyo3::types::PyDict;
 use crate::poller::Dispatch;
 use crate::sync::lock;
@@ -183,7 +184,7 @@ fn poll(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch, timeout: Op
             py.check_signals()?;
             return Ok(());
         }
-        Err(err) => return Err(err.into()),
+        Err(err) => return Err(os_error(py, &err)),
     }
 
     s.dispatch.signal_pipe_ready = false;

@@ -156,7 +156,10 @@ fn new_call(
 }
 
 pub fn sock_recv(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let size = if n.is_exact_instance_of::<PyInt>() { n.extract::<usize>().ok() } else { None };
+    // Sizes socket.recv rejects (negative, or beyond Py_ssize_t) take the
+    // Python path, which raises its exact error.
+    let size = if n.is_exact_instance_of::<PyInt>() { n.extract::<ffi::Py_ssize_t>().ok() } else { None };
+    let size = size.and_then(|s| usize::try_from(s).ok());
     match size {
         Some(size) if is_plain_socket(sock)? => {
             new_call(slf, sock, "sock_recv", Direction::Read, Operation::Recv { size })
@@ -253,7 +256,7 @@ pub fn sock_recvfrom_into(
 const SMALL_RECV: usize = 512;
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, size: usize) -> PyResult<Option<Py<PyAny>>> {
-    if std::env::var_os("FL_OLD").is_none() && size > SMALL_RECV && size <= MAX_READ {
+    if size > SMALL_RECV && size <= MAX_READ {
         let received = with_read_scratch(|buf| match syscalls::recv(fd, &mut buf[..size]) {
             Ok(Progress::Done(n)) => Ok(Some(PyBytes::new(py, &buf[..n]).into_any().unbind())),
             Ok(Progress::WouldBlock) => Ok(None),
@@ -394,7 +397,10 @@ impl SockCall {
         }
         core.ensure_fd_no_transport(event_loop, fd)?;
         let future = core.new_future(event_loop)?;
-        let replaced = core.poller.watch(fd, this.direction, Watcher::Sock(slf.clone().unbind()))?;
+        let replaced = core
+            .poller
+            .watch(fd, this.direction, Watcher::Sock(slf.clone().unbind()))
+            .map_err(|err| os_error(py, &err))?;
         if let Some(old) = replaced {
             old.retire(py);
         }

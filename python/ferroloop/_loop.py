@@ -399,7 +399,9 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context: dict) -> None:
-        task = _task_of(context)
+        # A context that is not a dict fails inside the handlers below, where
+        # asyncio reports it; only the creation-site note needs a dict.
+        task = _task_of(context) if isinstance(context, dict) else None
         if task is not None and "source_traceback" not in context and "task_created_at" not in context:
             site = task_creation_site(task)
             if site is not None:

@@ -621,7 +621,7 @@ impl StreamTransport {
         if st.registered || st.conn_lost > 0 {
             return Ok(());
         }
-        let stale = this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind())?;
+        let stale = this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind()).map_err(|err| os_error(slf.py(), &err))?;
         st.registered = true;
         drop(st);
         for watcher in stale {
