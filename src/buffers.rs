@@ -32,16 +32,21 @@ pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyR
 }
 
 /// Runs `f` on the writable memory of a bytes-like object (a bytearray, a
-/// writable memoryview...). Err is the export's own error (read-only or not
-/// contiguous).
-pub fn with_writable_bytes<R>(buffer: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
+/// writable memoryview...). Err is the TypeError the socket method named
+/// `method` raises for an object that is not one (read-only, or not
+/// contiguous, or no buffer at all).
+pub fn with_writable_bytes<R>(buffer: &Bound<'_, PyAny>, method: &str, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
     // SAFETY: the GIL is held and `buffer` is alive; on success the view
     // describes a writable, contiguous region of `len` bytes that stays
     // valid until PyBuffer_Release below.
     unsafe {
         if ffi::PyObject_GetBuffer(buffer.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
-            return Err(PyErr::fetch(buffer.py()));
+            drop(PyErr::fetch(buffer.py()));
+            let type_name = buffer.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "{method}() argument 1 must be read-write bytes-like object, not {type_name}"
+            )));
         }
         let view_ref = view.assume_init_mut();
         let len = view_ref.len.max(0) as usize;

@@ -311,7 +311,7 @@ impl SockCall {
             }),
             Operation::RecvInto { buffer } => {
                 let buffer = buffer.bind(py);
-                let Ok(received) = with_writable_bytes(buffer, |memory| syscalls::recv(fd, memory)) else {
+                let Ok(received) = with_writable_bytes(buffer, "recv_into", |memory| syscalls::recv(fd, memory)) else {
                     // Let the socket method raise its own error for this object.
                     return Ok(Attempt::Done(thread_exit::call_method(sock, intern!(py, "recv_into"), (buffer,))?.unbind()));
                 };

@@ -93,8 +93,12 @@ struct State {
     sock: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
     buffer: WriteBuffer,
-    high_water: i64,
-    low_water: i64,
+    /// The water marks as compared with the buffer's size, and as given to
+    /// `set_write_buffer_limits` (asyncio keeps any number it accepts, floats
+    /// and big ints included, and returns it unchanged).
+    high_water: f64,
+    low_water: f64,
+    limits_given: Option<(Py<PyAny>, Py<PyAny>)>,
     protocol_paused: bool,
     /// pause_reading() was called (asyncio's `_paused`).
     paused: bool,
@@ -351,7 +355,7 @@ impl StreamTransport {
     /// `recv_into(buffer)`: Ok(None) when it would block, else the byte count
     /// and whether the buffer was filled.
     fn recv_into_object(fd: RawFd, buffer: &Bound<'_, PyAny>) -> PyResult<Option<(usize, bool)>> {
-        let (outcome, len) = with_writable_bytes(buffer, |memory| (syscalls::recv(fd, memory), memory.len()))?;
+        let (outcome, len) = with_writable_bytes(buffer, "recv_into", |memory| (syscalls::recv(fd, memory), memory.len()))?;
         match outcome {
             Ok(Progress::WouldBlock) => Ok(None),
             Ok(Progress::Done(n)) => Ok(Some((n, n == len))),
@@ -367,17 +371,20 @@ impl StreamTransport {
         }
         let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
         let Some(protocol) = protocol else { return Ok(()) };
-        let keep_open = thread_exit::call_method(protocol.bind(py), intern!(py, "eof_received"), ())
-            .and_then(|result| result.is_truthy());
-        match keep_open {
-            Ok(true) => {
-                // The protocol may still write, but nothing more can be read.
-                lock(&this.state).reading = false;
-                Ok(())
-            }
-            Ok(false) => Self::close(slf),
-            Err(err) if is_fatal(py, &err) => Err(err),
-            Err(err) => Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed."),
+        let keep_open = match thread_exit::call_method(protocol.bind(py), intern!(py, "eof_received"), ()) {
+            Err(err) if is_fatal(py, &err) => return Err(err),
+            Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed."),
+            // A result whose truth cannot be told fails outside the call, as
+            // asyncio's `if keep_open:` does: the loop's exception handler
+            // reports it and the transport stays as it is.
+            Ok(result) => result.is_truthy()?,
+        };
+        if keep_open {
+            // The protocol may still write, but nothing more can be read.
+            lock(&this.state).reading = false;
+            Ok(())
+        } else {
+            Self::close(slf)
         }
     }
 
@@ -437,7 +444,7 @@ impl StreamTransport {
         let py = slf.py();
         let protocol = {
             let mut st = lock(&slf.get().state);
-            if st.buffer.len() as i64 <= st.high_water || st.protocol_paused {
+            if st.buffer.len() as f64 <= st.high_water || st.protocol_paused {
                 return Ok(());
             }
             st.protocol_paused = true;
@@ -455,7 +462,7 @@ impl StreamTransport {
         let py = slf.py();
         let protocol = {
             let mut st = lock(&slf.get().state);
-            if !st.protocol_paused || st.buffer.len() as i64 > st.low_water {
+            if !st.protocol_paused || st.buffer.len() as f64 > st.low_water {
                 return Ok(());
             }
             st.protocol_paused = false;
@@ -594,8 +601,9 @@ impl StreamTransport {
             sock: Some(sock.clone().unbind()),
             server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
             buffer: WriteBuffer::default(),
-            high_water: DEFAULT_HIGH_WATER,
-            low_water: DEFAULT_HIGH_WATER / 4,
+            high_water: DEFAULT_HIGH_WATER as f64,
+            low_water: (DEFAULT_HIGH_WATER / 4) as f64,
+            limits_given: None,
             protocol_paused: false,
             paused: false,
             closing: false,
@@ -817,28 +825,51 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// asyncio's `_set_write_buffer_limits`, in its arithmetic: any numbers
+    /// with `high >= low >= 0` are accepted.
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = match (high, low) {
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = match (high, &low) {
             (Some(high), _) => high,
-            (None, None) => DEFAULT_HIGH_WATER,
-            (None, Some(low)) => low.saturating_mul(4),
+            (None, None) => DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any(),
+            (None, Some(low)) => 4i64.into_pyobject(py)?.mul(low)?,
         };
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
+        let low = match low {
+            Some(low) => low,
+            None => high.floor_div(4)?,
+        };
+        if !(high.ge(&low)? && low.ge(0)?) {
+            return Err(PyValueError::new_err(format!(
+                "high ({}) must be >= low ({}) must be >= 0",
+                high.repr()?,
+                low.repr()?
+            )));
         }
+        // Beyond a float's range (a huge int) is as good as no limit.
+        let as_size = |mark: &Bound<'_, PyAny>| mark.extract::<f64>().unwrap_or(f64::INFINITY);
         {
             let mut st = lock(&slf.get().state);
-            st.high_water = high;
-            st.low_water = low;
+            st.high_water = as_size(&high);
+            st.low_water = as_size(&low);
+            st.limits_given = Some((low.unbind(), high.unbind()));
         }
         Self::maybe_pause_protocol(slf)
     }
 
-    fn get_write_buffer_limits(&self) -> (i64, i64) {
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let st = lock(&self.state);
-        (st.low_water, st.high_water)
+        match &st.limits_given {
+            Some((low, high)) => Ok((low.clone_ref(py), high.clone_ref(py))),
+            None => Ok((
+                (DEFAULT_HIGH_WATER / 4).into_pyobject(py)?.into_any().unbind(),
+                DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any().unbind(),
+            )),
+        }
     }
 
     fn get_write_buffer_size(&self) -> usize {
