@@ -13,6 +13,7 @@ user can enter and is itself mode 0600; nothing listens on the network.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import socket
@@ -89,10 +90,26 @@ class MonitorServer:
         finally:
             os.umask(previous_umask)
         self._socket.listen(8)
+        self._bound = os.stat(path)
+        self._owner_pid = os.getpid()
         self._thread = threading.Thread(target=self._serve, name="ferroloop-monitor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        atexit.register(self.remove)
+
+    def remove(self) -> None:
+        """Close the socket and remove its path, unless it belongs to another
+        process by now (a forked child inherits this object, not the path)."""
+        if os.getpid() != self._owner_pid:
+            return
+        self._socket.close()
+        try:
+            current = os.stat(self.path)
+        except OSError:
+            return
+        if (current.st_dev, current.st_ino) == (self._bound.st_dev, self._bound.st_ino):
+            os.unlink(self.path)
 
     def _serve(self) -> None:
         while True:
@@ -212,6 +229,7 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
         "loop": loop._run_clock.number,
         "running": loop.is_running(),
         "stalled": stalled or stall is not None,
+        "watchdog": reporter is not None,
         "stall": stall,
         "metrics": loop.metrics(),
         "tasks": tasks,
@@ -255,10 +273,12 @@ def render(state: dict, with_metrics: bool = False) -> str:
             )
         if with_metrics:
             m = loop["metrics"]
+            # Only the watchdog counts stalls; without it the count is unknown.
+            stalls = f"stalls {m['stalls_total']}" if loop["watchdog"] else "stalls - (watchdog off)"
             lines.append(
                 f"  lag p50 {m['lag_p50_seconds'] * 1e3:.2f} ms  p99 {m['lag_p99_seconds'] * 1e3:.2f} ms"
                 f"  max {m['lag_max_seconds'] * 1e3:.2f} ms  utilisation {m['utilisation_total']:.0%}"
-                f"  callbacks/s {m['callbacks_per_second']:,.0f}  stalls {m['stalls_total']}"
+                f"  callbacks/s {m['callbacks_per_second']:,.0f}  {stalls}"
             )
             lines.append(
                 f"  transports {m['open_transports']}  bytes in {m['bytes_received_total']:,}"
