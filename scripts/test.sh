@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 echo "== installing build and test dependencies"
-"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client aiohttp uvicorn httptools httpx websockets asyncpg redis 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PYTHON" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client aiohttp uvicorn httptools httpx websockets asyncpg redis hypothesis 2>&1 | grep -v "Running pip as the 'root' user" || true
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "== installing PostgreSQL (the asyncpg tests start a throwaway server)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql openssl; } >/dev/null
