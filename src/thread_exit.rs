@@ -19,28 +19,37 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::BoundObject;
 
-mod raw {
-    use pyo3::ffi::PyObject;
+/// The C-API functions the guards call, typed as able to unwind.
+///
+/// They are called through pointers the optimizer cannot see through: PyO3
+/// declares the same symbols as plain `extern "C"`, and one module holds one
+/// declaration of a symbol, so a direct call would inherit "cannot unwind"
+/// and lose the guard's cleanup.
+mod unwinding {
+    use pyo3::ffi::{self, PyObject};
 
-    // The same C-API functions PyO3 declares, with the ABI that lets a
-    // forced unwind pass out of them.
-    #[allow(clashing_extern_declarations)]
-    extern "C-unwind" {
-        pub fn PyObject_Call(callable: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject;
+    pub type Call = unsafe extern "C-unwind" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
+    pub type Vectorcall = unsafe extern "C-unwind" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject;
+
+    pub fn object_call() -> Call {
+        let plain: unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject = ffi::PyObject_Call;
+        // SAFETY: the two pointer types differ only in whether the callee
+        // may unwind, which widens what the caller is prepared for.
+        std::hint::black_box(unsafe { std::mem::transmute::<_, Call>(plain) })
+    }
+
+    /// `PyObject_Vectorcall` on 3.11+; on 3.10, where that is an inline
+    /// function, `PyObject_VectorcallDict`, which with no dict is the same
+    /// call.
+    pub fn vectorcall() -> Vectorcall {
         #[cfg(Py_3_11)]
-        pub fn PyObject_Vectorcall(
-            callable: *mut PyObject,
-            args: *const *mut PyObject,
-            nargsf: usize,
-            kwnames: *mut PyObject,
-        ) -> *mut PyObject;
+        let plain: unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject =
+            ffi::PyObject_Vectorcall;
         #[cfg(not(Py_3_11))]
-        pub fn PyObject_VectorcallDict(
-            callable: *mut PyObject,
-            args: *const *mut PyObject,
-            nargsf: usize,
-            kwdict: *mut PyObject,
-        ) -> *mut PyObject;
+        let plain: unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject =
+            ffi::PyObject_VectorcallDict;
+        // SAFETY: as in `object_call`.
+        std::hint::black_box(unsafe { std::mem::transmute::<_, Vectorcall>(plain) })
     }
 }
 
@@ -68,7 +77,7 @@ pub unsafe fn object_call(
 ) -> *mut ffi::PyObject {
     let guard = HangIfUnwound;
     // SAFETY: the caller upholds PyObject_Call's contract.
-    let result = unsafe { raw::PyObject_Call(callable, args, kwargs) };
+    let result = unsafe { unwinding::object_call()(callable, args, kwargs) };
     std::mem::forget(guard);
     result
 }
@@ -81,13 +90,8 @@ pub unsafe fn object_call(
 /// when `PY_VECTORCALL_ARGUMENTS_OFFSET` is set).
 pub unsafe fn vectorcall(callable: *mut ffi::PyObject, args: *const *mut ffi::PyObject, nargsf: usize) -> *mut ffi::PyObject {
     let guard = HangIfUnwound;
-    // SAFETY: the caller upholds the vectorcall contract; VectorcallDict
-    // with no dict is the same call on 3.10, where PyObject_Vectorcall is
-    // an inline function rather than an exported one.
-    #[cfg(Py_3_11)]
-    let result = unsafe { raw::PyObject_Vectorcall(callable, args, nargsf, std::ptr::null_mut()) };
-    #[cfg(not(Py_3_11))]
-    let result = unsafe { raw::PyObject_VectorcallDict(callable, args, nargsf, std::ptr::null_mut()) };
+    // SAFETY: the caller upholds the vectorcall contract.
+    let result = unsafe { unwinding::vectorcall()(callable, args, nargsf, std::ptr::null_mut()) };
     std::mem::forget(guard);
     result
 }
