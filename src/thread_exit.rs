@@ -8,7 +8,7 @@
 //! have one drops Python objects without the GIL. A loop running in a daemon
 //! thread is always inside such a call when the interpreter exits.
 //!
-//! So every call from the loop into Python code goes through here: declared
+//! So every call from the loop into Python code goes through here: typed as
 //! `C-unwind`, with a guard that, if the call unwinds, blocks the thread
 //! until the process exits (what CPython 3.14 does with such threads itself)
 //! before the unwinding reaches any frame of ours. PyO3 guards
@@ -30,12 +30,14 @@ mod unwinding {
 
     pub type Call = unsafe extern "C-unwind" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
     pub type Vectorcall = unsafe extern "C-unwind" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject;
+    type PlainCall = unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
+    type PlainVectorcall = unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject;
 
     pub fn object_call() -> Call {
-        let plain: unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject = ffi::PyObject_Call;
+        let plain: PlainCall = ffi::PyObject_Call;
         // SAFETY: the two pointer types differ only in whether the callee
         // may unwind, which widens what the caller is prepared for.
-        std::hint::black_box(unsafe { std::mem::transmute::<_, Call>(plain) })
+        std::hint::black_box(unsafe { std::mem::transmute::<PlainCall, Call>(plain) })
     }
 
     /// `PyObject_Vectorcall` on 3.11+; on 3.10, where that is an inline
@@ -43,13 +45,11 @@ mod unwinding {
     /// call.
     pub fn vectorcall() -> Vectorcall {
         #[cfg(Py_3_11)]
-        let plain: unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject =
-            ffi::PyObject_Vectorcall;
+        let plain: PlainVectorcall = ffi::PyObject_Vectorcall;
         #[cfg(not(Py_3_11))]
-        let plain: unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject =
-            ffi::PyObject_VectorcallDict;
+        let plain: PlainVectorcall = ffi::PyObject_VectorcallDict;
         // SAFETY: as in `object_call`.
-        std::hint::black_box(unsafe { std::mem::transmute::<_, Vectorcall>(plain) })
+        std::hint::black_box(unsafe { std::mem::transmute::<PlainVectorcall, Vectorcall>(plain) })
     }
 }
 
