@@ -610,8 +610,10 @@ impl StreamTransport {
             eof: false,
             conn_lost: 0,
             reading: false,
-            // Nothing is known about the socket yet: try a read when reading starts.
-            read_pending: true,
+            // Registering an edge-triggered fd reports it at once if it is
+            // readable already, so nothing is read (and no BufferedProtocol
+            // asked for a buffer) before data is there, as in asyncio.
+            read_pending: false,
             write_pending: false,
             peer_closed: false,
             queued: false,
