@@ -256,6 +256,10 @@ pub fn sock_recvfrom_into(
 const SMALL_RECV: usize = 512;
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, size: usize) -> PyResult<Option<Py<PyAny>>> {
+    if size == 0 {
+        // socket.recv(0) answers b"" without a syscall, ready or not.
+        return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
+    }
     if size > SMALL_RECV && size <= MAX_READ {
         let received = with_read_scratch(|buf| match syscalls::recv(fd, &mut buf[..size]) {
             Ok(Progress::Done(n)) => Ok(Some(PyBytes::new(py, &buf[..n]).into_any().unbind())),
