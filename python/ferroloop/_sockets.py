@@ -36,9 +36,14 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 def check_socket(loop: "Loop", sock: socket.socket) -> None:
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
+    gettimeout = getattr(sock, "gettimeout", None)
+    if gettimeout is None:
+        # Not a socket: the operation fails on the first attribute it needs,
+        # with the AttributeError asyncio's would raise.
+        return
     # asyncio checks this in debug mode only; a blocking socket would stall
     # the whole loop inside the syscall, so ferroloop always refuses it.
-    if sock.gettimeout() != 0:
+    if gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
     loop._ensure_fd_no_transport(sock)
 
