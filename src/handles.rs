@@ -210,7 +210,13 @@ pub fn call_in_context(
     // `context` makes `PyContext_Enter` fail with TypeError, not crash.
     unsafe {
         if ffi::PyContext_Enter(context.as_ptr()) != 0 {
-            return Err(PyErr::fetch(py));
+            let err = PyErr::fetch(py);
+            if ffi::PyContext_CheckExact(context.as_ptr()) != 0 {
+                return Err(err);
+            }
+            // asyncio calls `context.run(callback, *args)`: a context that is
+            // not a Context fails on that attribute lookup.
+            return Err(not_a_context(context, err));
         }
         let result = crate::thread_exit::object_call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
         let call_error = if result.is_null() { Some(PyErr::fetch(py)) } else { None };
@@ -229,6 +235,13 @@ pub fn call_in_context(
         }
     }
     Ok(())
+}
+
+fn not_a_context(context: &Bound<'_, PyAny>, enter_error: PyErr) -> PyErr {
+    match context.getattr(pyo3::intern!(context.py(), "run")) {
+        Err(lookup_error) => lookup_error,
+        Ok(_) => enter_error,
+    }
 }
 
 fn py_float_repr(py: Python<'_>, value: f64) -> PyResult<String> {

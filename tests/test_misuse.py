@@ -275,3 +275,17 @@ def test_monitor_socket_is_removed_at_exit() -> None:
     child.stdin.flush()
     assert child.wait(timeout=10) == 0
     assert not os.path.exists(path)
+
+
+def test_a_context_that_is_not_a_context_fails_when_the_callback_runs() -> None:
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        loop.set_exception_handler(
+            lambda _loop, context: errors.append((type(context["exception"]).__name__, str(context["exception"])))
+        )
+        loop.call_soon(print, "not printed", context="not a context")  # type: ignore[arg-type]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return errors
+
+    assert assert_same(scenario) == [("AttributeError", "'str' object has no attribute 'run'")]
