@@ -261,8 +261,13 @@ fn run_item(slf: &Bound<'_, LoopCore>, this: &LoopCore, item: &Scheduled) -> PyR
 fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
     let py = slf.py();
     let (outcome, message) = match item {
-        Scheduled::Io(transport) => (StreamTransport::process(transport.bind(py)), "Unhandled error in transport I/O"),
-        Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call"),
+        // asyncio's transports do this in reader and writer callbacks, so
+        // an error escaping them is reported as such a callback's.
+        Scheduled::Io(transport) => match StreamTransport::process(transport.bind(py)) {
+            Ok(()) => (Ok(()), String::new()),
+            Err((err, method)) => (Err(err), format!("Exception in callback StreamTransport.{method}()")),
+        },
+        Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call".to_owned()),
         Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
     };
     match outcome {

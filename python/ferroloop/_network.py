@@ -255,15 +255,19 @@ class NetworkMethods:
         server: Any = None,
     ) -> StreamTransport:
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]  # private, since 3.6
+        # A protocol without it fails here with asyncio's AttributeError,
+        # before anything is made: no half-made transport is left to close
+        # the socket when it is collected, and a transport already on the
+        # socket keeps working.
+        connection_made = protocol.connection_made
         transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)  # type: ignore[arg-type]  # a Loop is a LoopCore
-        transport._register()
-        self._transports[sock.fileno()] = transport
         if server is not None:
             if _SERVER_ATTACH_TAKES_TRANSPORT:
                 server._attach(transport)
             else:
                 server._attach()
-        self.call_soon(protocol.connection_made, transport)  # type: ignore[attr-defined]
+        self._transports[sock.fileno()] = transport
+        self.call_soon(connection_made, transport)  # type: ignore[attr-defined]
         self.call_soon(transport._start_reading)  # type: ignore[attr-defined]
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]

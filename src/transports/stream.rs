@@ -31,7 +31,7 @@ use super::write_buffer::WriteBuffer;
 use crate::thread_exit;
 use crate::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{is_fatal, LoopCore};
-use crate::handles::Scheduled;
+use crate::handles::{closed_error, Scheduled};
 use crate::sync::lock;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -43,6 +43,14 @@ struct Refs {
     logger: Py<PyAny>,
     sendfile_try_native: Py<PyAny>,
     server_detach_takes_transport: bool,
+    /// Since 3.12 `writelines` has checks and errors of its own, and takes
+    /// each item as a memoryview instead of joining them with `b"".join`.
+    writelines_by_memoryview: bool,
+    /// `warnings.warn` and `_socket.socket.close`, for a transport dropped
+    /// unclosed: looked up ahead, since that may happen at interpreter exit,
+    /// when nothing can be imported any more.
+    warn: Py<PyAny>,
+    socket_close: Py<PyAny>,
 }
 
 /// Looked up on first use, not at type creation: `ferroloop._network`
@@ -62,6 +70,9 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             sendfile_try_native: constants.getattr("_SendfileMode")?.getattr("TRY_NATIVE")?.unbind(),
             // Server._detach() takes the transport since 3.13.
             server_detach_takes_transport: py.version_info() >= (3, 13),
+            writelines_by_memoryview: py.version_info() >= (3, 12),
+            warn: py.import("warnings")?.getattr("warn")?.unbind(),
+            socket_close: py.import("_socket")?.getattr("socket")?.getattr("close")?.unbind(),
         })
     })
 }
@@ -173,9 +184,10 @@ impl StreamTransport {
         }
     }
 
-    /// The ready-queue entry: do the reading and writing the poller saw
-    /// become possible.
-    pub fn process(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// The ready-queue entry: reads and writes what readiness allows. An error that escapes a
+    /// side comes back with the name of the asyncio transport method that
+    /// side stands for, for the exception handler's message.
+    pub fn process(slf: &Bound<'_, Self>) -> Result<(), (PyErr, &'static str)> {
         let this = slf.get();
         let (read, write) = {
             let mut st = lock(&this.state);
@@ -188,12 +200,29 @@ impl StreamTransport {
             (st.read_pending && st.reading, write)
         };
         if read {
-            Self::read_ready(slf)?;
+            Self::read_ready(slf).map_err(|err| Self::interrupted(slf, err, "_read_ready"))?;
         }
         if write {
-            Self::write_ready(slf)?;
+            Self::write_ready(slf).map_err(|err| Self::interrupted(slf, err, "_write_ready"))?;
         }
         Ok(())
+    }
+
+    /// An error escaped a side. If it is one that leaves the loop
+    /// (KeyboardInterrupt, SystemExit), the work it cut short is queued
+    /// again for the next run, as asyncio's level-triggered reader and
+    /// writer would be called again.
+    fn interrupted(slf: &Bound<'_, Self>, err: PyErr, method: &'static str) -> (PyErr, &'static str) {
+        if is_fatal(slf.py(), &err) {
+            let mut st = lock(&slf.get().state);
+            if !st.buffer.is_empty() {
+                st.write_pending = true;
+            }
+            if (st.read_pending && st.reading) || st.write_pending {
+                Self::queue_locked(slf, &mut st);
+            }
+        }
+        (err, method)
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -640,17 +669,21 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Scheduled right after `connection_made`: reading starts here, as in
-    /// asyncio, unless the protocol paused it meanwhile.
-    fn _start_reading(slf: &Bound<'_, Self>) {
+    /// Scheduled right after `connection_made`: the socket joins the poller
+    /// and reading starts here, as asyncio adds its reader then, unless the
+    /// protocol paused reading meanwhile. A socket closed in between (by
+    /// another transport on it) fails here with asyncio's OSError.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_register(slf)?;
         let mut st = lock(&slf.get().state);
         if st.closing || st.paused || st.conn_lost > 0 {
-            return;
+            return Ok(());
         }
         st.reading = true;
         if st.read_pending {
             Self::queue_locked(slf, &mut st);
         }
+        Ok(())
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -662,6 +695,7 @@ impl StreamTransport {
                 type_name(data)
             )));
         }
+        let mut refused_closed = false;
         let failure = {
             let mut st = lock(&this.state);
             if st.eof {
@@ -682,6 +716,12 @@ impl StreamTransport {
                     let sent = syscalls::send_until_blocked(this.fd, bytes)?;
                     this.event_loop.get().io_counters.add_sent(sent);
                     if sent < bytes.len() {
+                        // asyncio fails to watch for writability on a closed
+                        // loop before it buffers: the rest could never go out.
+                        if this.event_loop.get().is_closed() {
+                            refused_closed = true;
+                            return Ok(false);
+                        }
                         st.buffer.extend(&bytes[sent..]);
                     }
                 } else {
@@ -696,6 +736,9 @@ impl StreamTransport {
                 // take (a non-contiguous memoryview): a fatal write error.
                 Err(err) => return Self::fatal_error(slf, err, "Fatal write error on socket transport"),
             };
+            if refused_closed {
+                return Err(closed_error());
+            }
             match outcome {
                 Ok(true) => {
                     refs(py)?.logger.bind(py).call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
@@ -713,11 +756,27 @@ impl StreamTransport {
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let chunks = PyList::empty(py);
-        for item in list_of_data.try_iter()? {
-            chunks.append(item?)?;
-        }
-        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?;
+        let joined = if refs(py)?.writelines_by_memoryview {
+            {
+                let st = lock(&slf.get().state);
+                if st.eof {
+                    return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+                }
+                if st.empty_waiter.is_some() {
+                    return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
+                }
+            }
+            if !list_of_data.is_truthy()? {
+                return Ok(());
+            }
+            let views = PyList::empty(py);
+            for item in list_of_data.try_iter()? {
+                views.append(PyMemoryView::from(&item?)?)?;
+            }
+            PyBytes::new(py, b"").call_method1(intern!(py, "join"), (views,))?
+        } else {
+            PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?
+        };
         Self::write(slf, &joined)
     }
 
@@ -815,6 +874,9 @@ impl StreamTransport {
                 return Ok(());
             }
             st.paused = false;
+            if slf.get().event_loop.get().is_closed() {
+                return Err(closed_error());
+            }
             st.reading = true;
             if st.read_pending {
                 Self::queue_locked(slf, &mut st);
@@ -1090,23 +1152,18 @@ impl Drop for StreamTransport {
         let server = st.server.take();
         let fd = self.fd;
         Python::attach(|py| {
-            let warned = py.import("warnings").and_then(|w| {
-                let resource_warning = py.get_type::<pyo3::exceptions::PyResourceWarning>();
-                w.call_method1("warn", (format!("unclosed transport <StreamTransport fd={fd}>"), resource_warning))
-            });
-            if let Err(err) = warned {
+            // Set up when the transport was made (its protocol is checked
+            // against asyncio.BufferedProtocol then).
+            let Some(refs) = REFS.get(py) else { return };
+            let resource_warning = py.get_type::<pyo3::exceptions::PyResourceWarning>();
+            let message = format!("unclosed transport <StreamTransport fd={fd}>");
+            if let Err(err) = refs.warn.bind(py).call1((message, resource_warning)) {
                 err.write_unraisable(py, None);
             }
-            let closed = py
-                .import("_socket")
-                .and_then(|m| m.getattr("socket"))
-                .and_then(|class| class.getattr("close"))
-                .and_then(|close| close.call1((sock.bind(py),)));
-            if let Err(err) = closed {
+            if let Err(err) = refs.socket_close.bind(py).call1((sock.bind(py),)) {
                 err.write_unraisable(py, None);
             }
-            let takes_transport = refs(py).map(|r| r.server_detach_takes_transport).unwrap_or(true);
-            if let (Some(server), false) = (server, takes_transport) {
+            if let (Some(server), false) = (server, refs.server_detach_takes_transport) {
                 // Since 3.13 `_detach` wants the transport, which is gone;
                 // the server's weak set forgets it by itself.
                 let _ = server.bind(py).call_method0("_detach");
