@@ -315,7 +315,14 @@ impl SockCall {
             }),
             Operation::RecvInto { buffer } => {
                 let buffer = buffer.bind(py);
-                let Ok(received) = with_writable_bytes(buffer, "recv_into", |memory| syscalls::recv(fd, memory)) else {
+                let Ok(received) = with_writable_bytes(buffer, "recv_into", |memory| {
+                    // socket.recv_into() of an empty buffer answers 0
+                    // without a syscall, whatever the socket's state.
+                    if memory.is_empty() {
+                        return Ok(Progress::Done(0));
+                    }
+                    syscalls::recv(fd, memory)
+                }) else {
                     // Let the socket method raise its own error for this object.
                     return Ok(Attempt::Done(thread_exit::call_method(sock, intern!(py, "recv_into"), (buffer,))?.unbind()));
                 };
@@ -328,6 +335,9 @@ impl SockCall {
                 let data = data.bind(py);
                 let already = *sent;
                 let progress = with_bytes(data, |bytes| {
+                    if bytes.is_empty() {
+                        return syscalls::send_nothing(fd).map(|()| (0, 0));
+                    }
                     let offset = already.min(bytes.len());
                     syscalls::send_until_blocked(fd, &bytes[offset..]).map(|n| (offset + n, bytes.len()))
                 });

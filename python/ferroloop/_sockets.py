@@ -36,7 +36,8 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 def check_socket(loop: "Loop", sock: socket.socket) -> None:
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
-    gettimeout = getattr(sock, "gettimeout", None)
+    # asyncio asks a socket's timeout in debug mode only.
+    gettimeout = sock.gettimeout if loop.get_debug() else getattr(sock, "gettimeout", None)
     if gettimeout is None:
         # Not a socket: the operation fails on the first attribute it needs,
         # with the AttributeError asyncio's would raise.
@@ -45,7 +46,6 @@ def check_socket(loop: "Loop", sock: socket.socket) -> None:
     # the whole loop inside the syscall, so ferroloop always refuses it.
     if gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
-    loop._ensure_fd_no_transport(sock)
 
 
 # Returned by an operation that made progress but is not finished yet.
@@ -71,8 +71,11 @@ def _complete(fut: "Future", operation: Callable[..., Any], args: tuple = ()) ->
 def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[["Future"], None]) -> "Future":
     """A future completed by ``retry(fut)``, which runs each time the socket
     is ready; the readiness registration ends with the future."""
-    fut = loop.create_future()
     fd = sock.fileno()
+    # As in asyncio: a socket a transport owns is refused only once the
+    # operation has to wait for it.
+    loop._ensure_fd_no_transport(fd)
+    fut = loop.create_future()
     add, remove = (loop._add_writer, loop._remove_writer) if writing else (loop._add_reader, loop._remove_reader)
 
     def on_ready() -> None:
@@ -94,6 +97,8 @@ async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, method: s
     """``sock.<method>(*args)`` now, or when the socket is ready if it would
     block. The method is looked up again for each retry, as asyncio does."""
     check_socket(loop, sock)
+    if method == "accept":
+        sock.fileno()  # asyncio's sock_accept asks for the fd first
     try:
         return getattr(sock, method)(*args)
     except _WOULD_BLOCK:
@@ -125,24 +130,18 @@ async def sendall(loop: "Loop", sock: socket.socket, data: Any) -> None:
 
 async def resolve(loop: "Loop", sock: socket.socket, address: Any) -> Any:
     """An IP address for an INET/INET6 socket's address (DNS only for a
-    host name), as asyncio resolves it."""
+    host name), resolved by asyncio's own ``_ensure_resolved``, so that odd
+    addresses fail as they do in asyncio."""
     if sock.family not in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
         return address
-    host, port = address[:2]
-    try:
-        socket.inet_pton(sock.family, host)
-        return address
-    except (OSError, TypeError, ValueError):
-        pass
-    infos = await loop.getaddrinfo(host, port, family=sock.family, type=sock.type, proto=sock.proto)
-    if not infos:
-        raise OSError(f"getaddrinfo({host!r}) returned empty list")
-    return infos[0][4]
+    resolved = await loop._ensure_resolved(address, family=sock.family, type=sock.type, proto=sock.proto, loop=loop)
+    return resolved[0][4]
 
 
 async def connect(loop: "Loop", sock: socket.socket, address: Any) -> None:
     check_socket(loop, sock)
     address = await resolve(loop, sock, address)
+    sock.fileno()  # asyncio asks for the fd before it connects
     try:
         sock.connect(address)
         return

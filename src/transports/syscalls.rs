@@ -70,6 +70,23 @@ pub fn send_until_blocked(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     Ok(sent)
 }
 
+/// A zero-length `send`: it sends nothing, but reports the socket's error
+/// (not connected, reset, shut down) as `socket.send(b"")` does. A full
+/// socket is no error here.
+pub fn send_nothing(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: a zero-length send reads no memory; a dangling (but
+        // non-null) pointer is allowed for it, and an invalid fd only makes
+        // send fail.
+        let result = unsafe { libc::send(fd, std::ptr::NonNull::<u8>::dangling().as_ptr().cast(), 0, libc::MSG_NOSIGNAL) };
+        match classify(result) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: shutdown takes no pointers; an invalid fd only makes it fail.
     let result = unsafe { libc::shutdown(fd, libc::SHUT_WR) };
@@ -131,6 +148,19 @@ mod tests {
         let (a, b) = UnixStream::pair().expect("socketpair");
         drop(b);
         let err = send_until_blocked(a.as_raw_fd(), b"x").expect_err("peer is gone");
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn sending_nothing_still_reports_the_socket_error() {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("nonblocking");
+        send_nothing(a.as_raw_fd()).expect("a connected socket takes an empty send");
+        let mut buf = [0u8; 1];
+        b.set_nonblocking(true).expect("nonblocking");
+        assert!(matches!(recv(b.as_raw_fd(), &mut buf), Ok(Progress::WouldBlock)), "nothing was sent");
+        drop(b);
+        let err = send_nothing(a.as_raw_fd()).expect_err("peer is gone");
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
     }
 }
