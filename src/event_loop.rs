@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::thread_exit;
@@ -47,6 +47,12 @@ pub struct LoopCore {
     pub(crate) stopping: AtomicBool,
     closed: AtomicBool,
     debug: AtomicBool,
+    /// What `set_debug` was given when that was not a bool: asyncio's
+    /// `get_debug` returns the value as given.
+    debug_value: Mutex<Option<Py<PyAny>>>,
+    /// `debug_value` is set: `get_debug` runs for every future created, so
+    /// the usual case takes no lock.
+    has_debug_value: AtomicBool,
     pub(crate) has_signal_handlers: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when idle.
     running_thread: AtomicU64,
@@ -116,12 +122,16 @@ fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 /// asyncio's `call_later` adds the delay to `self.time()`; this reproduces
 /// the TypeError that addition raises for a non-number.
-fn extract_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+/// A delay or a deadline as seconds. What is not a real number fails with
+/// the error of the arithmetic asyncio does with it: `self.time() + delay`
+/// for a delay, `when - self.time()` for a deadline (asyncio only gets to
+/// the latter when the timer is due to run; it is reported here, at once).
+fn extract_seconds(value: &Bound<'_, PyAny>, relative: bool) -> PyResult<f64> {
     if let Ok(float) = value.cast_exact::<pyo3::types::PyFloat>() {
         return Ok(float.value());
     }
     value.extract::<f64>().map_err(|err| {
-        // An int too large for a float fails the addition the same way.
+        // An int too large for a float fails the arithmetic the same way.
         if err.is_instance_of::<PyOverflowError>(value.py()) {
             return err;
         }
@@ -130,7 +140,12 @@ fn extract_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "object".to_owned());
-        PyTypeError::new_err(format!("unsupported operand type(s) for +: 'float' and '{type_name}'"))
+        let message = if relative {
+            format!("unsupported operand type(s) for +: 'float' and '{type_name}'")
+        } else {
+            format!("unsupported operand type(s) for -: '{type_name}' and 'float'")
+        };
+        PyTypeError::new_err(message)
     })
 }
 
@@ -286,7 +301,11 @@ impl LoopCore {
             let message = if relative { "delay must not be None" } else { "when cannot be None" };
             return Err(PyTypeError::new_err(message));
         }
-        let seconds = extract_seconds(time)?;
+        if !relative {
+            // asyncio's call_at checks the loop before it looks at `when`.
+            slf.get().check_closed()?;
+        }
+        let seconds = extract_seconds(time, relative)?;
         let when = if relative { clock::monotonic() + seconds } else { seconds };
         slf.get().schedule_at(slf, when, callback, args, context)
     }
@@ -369,6 +388,8 @@ impl LoopCore {
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
+            debug_value: Mutex::new(None),
+            has_debug_value: AtomicBool::new(false),
             has_signal_handlers: AtomicBool::new(false),
             running_thread: AtomicU64::new(0),
             activity: Arc::new(Activity::default()),
@@ -450,12 +471,23 @@ impl LoopCore {
         self.closed.load(Ordering::Relaxed)
     }
 
-    fn get_debug(&self) -> bool {
-        self.debug_enabled()
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        if self.has_debug_value.load(Ordering::Relaxed) {
+            if let Some(value) = lock(&self.debug_value).as_ref() {
+                return value.clone_ref(py);
+            }
+        }
+        PyBool::new(py, self.debug_enabled()).to_owned().into_any().unbind()
     }
 
-    fn _set_debug_flag(&self, enabled: bool) {
-        self.debug.store(enabled, Ordering::Relaxed);
+    fn _set_debug_flag(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let on = enabled.is_truthy()?;
+        let kept = if enabled.is_exact_instance_of::<PyBool>() { None } else { Some(enabled.clone().unbind()) };
+        self.has_debug_value.store(kept.is_some(), Ordering::Relaxed);
+        let previous = std::mem::replace(&mut *lock(&self.debug_value), kept);
+        self.debug.store(on, Ordering::Relaxed);
+        drop(previous);
+        Ok(())
     }
 
     #[getter(_thread_id)]
@@ -721,7 +753,13 @@ impl LoopCore {
                 let kwargs = if call_kwargs.is_empty() { None } else { Some(&call_kwargs) };
                 let task = factory.bind(py).call((slf, &coro), kwargs)?;
                 if let Some(name) = &name {
-                    task.call_method1(intern!(py, "set_name"), (name,))?;
+                    if py.version_info() < (3, 13) {
+                        // asyncio's helper: a task without set_name only
+                        // gets a DeprecationWarning before 3.13.
+                        py.import(intern!(py, "asyncio.tasks"))?.call_method1(intern!(py, "_set_task_name"), (&task, name))?;
+                    } else {
+                        task.call_method1(intern!(py, "set_name"), (name,))?;
+                    }
                 }
                 task
             }
@@ -784,12 +822,14 @@ impl LoopCore {
                 visit.call(timer)?;
             }
         }
-        if let Ok(factory) = self.task_factory.try_lock() {
-            if let Some(f) = factory.as_ref() {
-                visit.call(f)?;
+        for slot in [&self.task_factory, &self.debug_value] {
+            if let Ok(value) = slot.try_lock() {
+                if let Some(value) = value.as_ref() {
+                    visit.call(value)?;
+                }
             }
         }
-        Ok(())
+        self.poller.traverse(&visit)
     }
 
     fn __clear__(&self) {
@@ -799,7 +839,9 @@ impl LoopCore {
             std::mem::take(&mut sched.ready)
         });
         let factory = self.task_factory.try_lock().ok().and_then(|mut f| f.take());
-        drop((ready, timers, factory));
+        let debug_value = self.debug_value.try_lock().ok().and_then(|mut v| v.take());
+        let watched = self.poller.try_unwatch_all();
+        drop((ready, timers, factory, debug_value, watched));
     }
 }
 

@@ -22,6 +22,7 @@ use mio::net::UnixStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::handles::Handle;
 use crate::sock_calls::SockCall;
@@ -256,10 +257,41 @@ impl Poller {
         }
     }
 
+    /// Visits every Python object the poller holds, for the garbage
+    /// collector: a loop dropped with watchers or transports still on it
+    /// forms cycles through them. `try_lock`: the collector may run while
+    /// the loop thread holds the lock; a skipped visit only keeps objects
+    /// alive longer.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(watches) = self.watches.try_lock() else { return Ok(()) };
+        for watch in watches.values() {
+            for watcher in [&watch.reader, &watch.writer].into_iter().flatten() {
+                match watcher {
+                    Watcher::Callback(handle) => visit.call(handle)?,
+                    Watcher::Sock(call) => visit.call(call)?,
+                }
+            }
+            if let Some(stream) = &watch.stream {
+                visit.call(stream)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets every watcher and transport (loop close) and returns them,
     /// to be released outside the lock.
     pub fn unwatch_all(&self) -> (Vec<Watcher>, Vec<Py<StreamTransport>>) {
-        let mut watches = lock(&self.watches);
+        self.drain(&mut lock(&self.watches))
+    }
+
+    /// `unwatch_all` for the garbage collector, which may run while this
+    /// thread holds the lock: then nothing is cleared.
+    pub fn try_unwatch_all(&self) -> Option<(Vec<Watcher>, Vec<Py<StreamTransport>>)> {
+        let mut watches = self.watches.try_lock().ok()?;
+        Some(self.drain(&mut watches))
+    }
+
+    fn drain(&self, watches: &mut IntMap<RawFd, FdWatch>) -> (Vec<Watcher>, Vec<Py<StreamTransport>>) {
         let mut handles = Vec::new();
         let mut streams = Vec::new();
         for (fd, watch) in watches.drain() {

@@ -124,7 +124,11 @@ impl TaskSites {
         // PyWeakref_NewRef returns a new reference or NULL with an exception
         // set (a task type that takes no weak references), which
         // from_owned_ptr_or_err turns into an error.
-        let task_ref = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? };
+        let Ok(task_ref) = (unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut())) }) else {
+            // A task factory's result that is no task: asyncio returns it as
+            // it is, so it is not tracked.
+            return Ok(());
+        };
         // A weak reference is a GC-tracked object, and one per live task,
         // outliving its task until the next sweep, made the collector's
         // older generations grow: creating tasks cost 20-47% more CPU time

@@ -251,7 +251,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
     # -- debug mode --------------------------------------------------------
 
     def set_debug(self, enabled: bool) -> None:
-        self._set_debug_flag(bool(enabled))
+        self._set_debug_flag(enabled)
         self._refresh_tracking()
 
     def _refresh_tracking(self) -> None:
@@ -267,7 +267,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         feature.
         """
         reporter = self._stall_reporter
-        track = self.get_debug() or (reporter is not None and reporter.track_tasks) or self._monitored
+        track = bool(self.get_debug()) or (reporter is not None and reporter.track_tasks) or self._monitored
         if track != self._tracking_tasks():
             self._track_tasks(track, _INTERNAL_PREFIXES)
         if self.is_running():
