@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --profile fast --quiet
 suffix=$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-cp target/fast/lib_native.so "python/ferroloop/_native${suffix}"
+# Copy then rename: overwriting a shared library in place corrupts any
+# process that has it mapped.
+target="python/ferroloop/_native${suffix}"
+cp target/fast/lib_native.so "${target}.tmp"
+mv -f "${target}.tmp" "${target}"

@@ -4,6 +4,7 @@ same return value, on ferroloop as on stock asyncio."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -289,3 +290,289 @@ def test_a_context_that_is_not_a_context_fails_when_the_callback_runs() -> None:
         return errors
 
     assert assert_same(scenario) == [("AttributeError", "'str' object has no attribute 'run'")]
+
+
+def test_transport_calls_that_need_the_closed_loop_raise_instead_of_losing_data() -> None:
+    """A write that has to wait, and resume_reading, need the loop's poller:
+    on a closed loop they fail as asyncio's do, instead of buffering data that
+    can never be sent."""
+
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        a, b = socket.socketpair()
+        with a, b:
+            transport, _ = loop.run_until_complete(loop.connect_accepted_socket(_Sink, a))
+            transport.pause_reading()
+            loop.close()
+            results = [
+                outcome(lambda: transport.write(b"small")),
+                outcome(lambda: transport.write(b"x" * 10**7)),
+                transport.get_write_buffer_size(),
+                outcome(transport.resume_reading),
+                transport.is_reading(),
+            ]
+            b.setblocking(False)
+            results.append(b.recv(5))
+            return results
+
+    assert assert_same(scenario) == [None, ("RuntimeError", "Event loop is closed"), 0, ("RuntimeError", "Event loop is closed"), True, b"small"]
+
+
+def test_empty_socket_calls_do_the_syscall_as_the_socket_methods_do() -> None:
+    """recv_into of an empty buffer answers 0 at once whatever the socket's
+    state (socket.recv_into makes no syscall); sendall of b'' makes one, so a
+    socket's error (here: not connected) still surfaces."""
+
+    async def calls() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        listener = socket.create_server(("127.0.0.1", 0))
+        unconnected = socket.socket()
+        for sock in (a, listener, unconnected):
+            sock.setblocking(False)
+        results = []
+        for sock in (a, listener):
+            results.append(await asyncio.wait_for(loop.sock_recv_into(sock, bytearray(0)), 2))
+        for sock in (a, unconnected):
+            try:
+                results.append(await asyncio.wait_for(loop.sock_sendall(sock, b""), 2))
+            except OSError as exc:
+                results.append((type(exc).__name__, exc.errno))
+        for sock in (a, b, listener, unconnected):
+            sock.close()
+        return results
+
+    results = {name: run_with_loop(factory, calls()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["asyncio"][:3] == [0, 0, None]
+    assert results["asyncio"][3][0] in ("BrokenPipeError", "OSError")
+
+
+def test_a_socket_call_on_a_transports_socket_fails_only_when_it_has_to_wait() -> None:
+    """asyncio tries the syscall first, and names the fd (an int) in the
+    RuntimeError it raises once the call would have to wait."""
+
+    async def calls() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        transport, _ = await loop.create_connection(_Sink, sock=a)
+        results = []
+        for call in (lambda: loop.sock_recv_into(a, "not a buffer"), lambda: loop.sock_recv(a, 10)):
+            try:
+                results.append(await asyncio.wait_for(call(), 2))
+            except Exception as exc:  # noqa: BLE001 - the exception is the outcome
+                message = str(exc).replace(repr(transport), "<transport>").replace(str(a.fileno()), "<fd>")
+                results.append((type(exc).__name__, message))
+        transport.close()
+        b.close()
+        await asyncio.sleep(0)
+        return results
+
+    results = {name: run_with_loop(factory, calls()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    fd_message = results["asyncio"][1][1]
+    assert fd_message == "File descriptor <fd> is used by transport <transport>"
+
+
+def test_socket_calls_on_an_object_that_is_not_a_socket_fail_on_asyncios_first_attribute() -> None:
+    async def calls(debug: bool) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(debug)
+        results = []
+        for call in (lambda: loop.sock_accept("x"), lambda: loop.sock_recv("x", 1)):
+            try:
+                results.append(await call())
+            except AttributeError as exc:
+                results.append(str(exc))
+        return results
+
+    for debug in (False, True):
+        results = {name: run_with_loop(factory, calls(debug)) for name, factory in LOOPS.items()}
+        assert results["ferroloop"] == results["asyncio"], debug
+    assert "gettimeout" in results["asyncio"][0]
+
+
+def test_a_second_transport_that_fails_to_start_leaves_the_first_one_working() -> None:
+    async def exchange() -> Any:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Future[bytes] = loop.create_future()
+
+        class Receiver(_Sink):
+            def data_received(self, data: bytes) -> None:
+                received.set_result(data)
+
+        a, b = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(Receiver, a)
+        try:
+            await loop.connect_accepted_socket(lambda: 1, a)  # type: ignore[arg-type,return-value]
+        except AttributeError as exc:
+            error = str(exc)
+        b.send(b"still here")
+        data = await asyncio.wait_for(received, 2)
+        transport.close()
+        b.close()
+        await asyncio.sleep(0)
+        return error, data
+
+    results = {name: run_with_loop(factory, exchange()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"] == ("'int' object has no attribute 'connection_made'", b"still here")
+
+
+@pytest.mark.parametrize("lines", [None, [1], ["x"], 5])
+def test_writelines_with_bad_input(lines: Any) -> None:
+    def scenario(loop: asyncio.AbstractEventLoop) -> Any:
+        a, b = socket.socketpair()
+        with a, b:
+            transport, _ = loop.run_until_complete(loop.connect_accepted_socket(_Sink, a))
+            result = outcome(lambda: transport.writelines(lines))
+            transport.close()
+            loop.run_until_complete(asyncio.sleep(0))
+            return result
+
+    assert_same(scenario)
+
+
+@pytest.mark.parametrize("when", [None, "x", b"1", 10**400])
+def test_call_at_on_a_closed_loop_checks_the_loop_first(when: Any) -> None:
+    def scenario(loop: asyncio.AbstractEventLoop) -> Any:
+        loop.close()
+        return outcome(lambda: loop.call_at(when, print))
+
+    assert_same(scenario)
+
+
+def test_call_at_with_a_deadline_that_is_not_a_number_fails_with_asyncios_later_error() -> None:
+    """asyncio stores the deadline and fails inside the loop when the timer
+    comes due; ferroloop raises the same error at once (README, "Where it
+    differs")."""
+    stock = asyncio.new_event_loop()
+    try:
+        stock.call_at(b"1", print)
+        expected = outcome(lambda: stock.run_until_complete(asyncio.sleep(0)))
+    finally:
+        stock.close()
+    loop = ferroloop.new_event_loop()
+    try:
+        error = outcome(lambda: loop.call_at(b"1", print))
+        # asyncio's message depends on where in its iteration it trips: the
+        # delay's subtraction, or the comparison with the time.
+        assert error[0] == expected[0] == "TypeError"
+        assert error[1] == "unsupported operand type(s) for -: 'bytes' and 'float'"
+        assert expected[1] in (error[1], "'>=' not supported between instances of 'bytes' and 'float'")
+    finally:
+        loop.close()
+
+
+def test_a_loop_dropped_unclosed_is_collected_with_its_transports() -> None:
+    """The loop's poller holds its transports and fd callbacks: the garbage
+    collector must see those references, or a loop dropped unclosed leaks
+    with everything on it. asyncio warns about both."""
+    code = """
+import asyncio, gc, socket, sys, warnings, weakref
+import ferroloop
+warnings.simplefilter("always")
+factory = ferroloop.new_event_loop if sys.argv[1] == "ferroloop" else asyncio.new_event_loop
+loop = factory()
+a, b = socket.socketpair()
+transport, _ = loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, a))
+c, d = socket.socketpair()
+c.setblocking(False)
+loop.add_reader(c, print)
+refs = [weakref.ref(loop), weakref.ref(transport)]
+del loop, transport
+gc.collect()
+print([ref() is None for ref in refs])
+"""
+    for name in LOOPS:
+        run = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=60)
+        assert run.stdout.strip() == "[True, True]", (name, run.stdout, run.stderr)
+        assert "ResourceWarning: unclosed event loop" in run.stderr, (name, run.stderr)
+        assert "ResourceWarning: unclosed transport" in run.stderr, (name, run.stderr)
+
+
+def test_get_debug_returns_what_set_debug_was_given() -> None:
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        seen = []
+        for value in (True, 1, None, "x", False, 0):
+            loop.set_debug(value)  # type: ignore[arg-type]
+            seen.append(loop.get_debug())
+        return seen
+
+    assert assert_same(scenario) == [True, 1, None, "x", False, 0]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_task_factory_that_returns_no_task(debug: bool) -> None:
+    async def coro() -> None:
+        pass
+
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        loop.set_debug(debug)
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any) -> int:
+            coro.close()
+            return 1
+
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        with pytest.warns(DeprecationWarning) if sys.version_info < (3, 13) else contextlib.nullcontext():
+            named = outcome(lambda: loop.create_task(coro(), name="n"))
+        return [outcome(lambda: loop.create_task(coro())), named, outcome(lambda: loop.run_until_complete(coro()))]
+
+    assert assert_same(scenario)[2] == ("AttributeError", "'int' object has no attribute '_log_destroy_pending'")
+
+
+def test_an_exception_handler_interrupting_a_transport_read_is_retried_on_the_next_run() -> None:
+    """asyncio's reader callback is level-triggered: if a KeyboardInterrupt
+    from the exception handler cuts a read short, the next run calls it
+    again. The native transport queues the interrupted read again."""
+
+    class ReadOnly(asyncio.BufferedProtocol):
+        calls = 0
+
+        def get_buffer(self, sizehint: int) -> Any:
+            ReadOnly.calls += 1
+            return b"read-only"
+
+        def buffer_updated(self, nbytes: int) -> None:
+            pass
+
+    def raise_interrupt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        raise KeyboardInterrupt
+
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        ReadOnly.calls = 0
+        loop.set_exception_handler(raise_interrupt)
+        a, b = socket.socketpair()
+        with a, b:
+            transport, _ = loop.run_until_complete(loop.connect_accepted_socket(ReadOnly, a))
+            b.send(b"ping")
+            seen = []
+            for _ in range(2):
+                try:
+                    loop.run_until_complete(asyncio.sleep(0.05))
+                    seen.append("finished")
+                except KeyboardInterrupt:
+                    seen.append(("interrupted", ReadOnly.calls))
+            loop.set_exception_handler(None)
+            transport.abort()
+            loop.run_until_complete(asyncio.sleep(0))
+            return seen
+
+    assert assert_same(scenario) == [("interrupted", 1), ("interrupted", 2)]
+
+
+def test_a_transport_left_open_at_interpreter_exit_warns_without_errors() -> None:
+    code = """
+import asyncio, socket, sys
+import ferroloop
+factory = ferroloop.new_event_loop if sys.argv[1] == "ferroloop" else asyncio.new_event_loop
+loop = factory()
+a, b = socket.socketpair()
+transport, _ = loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, a))
+transport.write(b"x" * 10**7)
+"""
+    for name in LOOPS:
+        run = subprocess.run([sys.executable, "-W", "always", "-c", code, name], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, (name, run.stderr)
+        assert "Traceback" not in run.stderr and "Error" not in run.stderr, (name, run.stderr)
+        assert "ResourceWarning: unclosed transport" in run.stderr, (name, run.stderr)
+        assert "ResourceWarning: unclosed event loop" in run.stderr, (name, run.stderr)
