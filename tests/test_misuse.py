@@ -576,3 +576,32 @@ transport.write(b"x" * 10**7)
         assert "Traceback" not in run.stderr and "Error" not in run.stderr, (name, run.stderr)
         assert "ResourceWarning: unclosed transport" in run.stderr, (name, run.stderr)
         assert "ResourceWarning: unclosed event loop" in run.stderr, (name, run.stderr)
+
+
+def test_eof_kept_open_is_read_again_after_a_pause() -> None:
+    """asyncio stops reading at an EOF that eof_received keeps open;
+    resuming after a pause reads the EOF, and calls eof_received, again."""
+
+    def scenario(loop: asyncio.AbstractEventLoop) -> list[Any]:
+        calls: list[str] = []
+
+        class KeepOpen(_Sink):
+            def eof_received(self) -> bool:
+                calls.append("eof")
+                return True
+
+        a, b = socket.socketpair()
+        with a, b:
+            transport, _ = loop.run_until_complete(loop.connect_accepted_socket(KeepOpen, a))
+            b.shutdown(socket.SHUT_WR)
+            loop.run_until_complete(asyncio.sleep(0.05))
+            seen: list[Any] = [list(calls), transport.is_reading()]
+            transport.pause_reading()
+            transport.resume_reading()
+            loop.run_until_complete(asyncio.sleep(0.05))
+            seen.append(list(calls))
+            transport.close()
+            loop.run_until_complete(asyncio.sleep(0))
+            return seen
+
+    assert assert_same(scenario) == [["eof"], True, ["eof", "eof"]]

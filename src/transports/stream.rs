@@ -127,6 +127,10 @@ struct State {
     /// come together with the last data, so a short read no longer means
     /// the socket is drained: reads go on until EOF, an error or EAGAIN.
     peer_closed: bool,
+    /// `eof_received` asked to keep the transport open. Reading stops; as
+    /// in asyncio, resuming it after a pause reads the EOF (and calls
+    /// `eof_received`) again.
+    eof_kept_open: bool,
     /// An entry for this transport sits in the ready queue.
     queued: bool,
     registered: bool,
@@ -410,7 +414,9 @@ impl StreamTransport {
         };
         if keep_open {
             // The protocol may still write, but nothing more can be read.
-            lock(&this.state).reading = false;
+            let mut st = lock(&this.state);
+            st.reading = false;
+            st.eof_kept_open = true;
             Ok(())
         } else {
             Self::close(slf)
@@ -645,6 +651,7 @@ impl StreamTransport {
             read_pending: false,
             write_pending: false,
             peer_closed: false,
+            eof_kept_open: false,
             queued: false,
             registered: false,
             empty_waiter: None,
@@ -878,6 +885,7 @@ impl StreamTransport {
                 return Err(closed_error());
             }
             st.reading = true;
+            st.read_pending |= st.eof_kept_open;
             if st.read_pending {
                 Self::queue_locked(slf, &mut st);
             }
