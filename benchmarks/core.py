@@ -43,7 +43,7 @@ ALL_BENCHMARKS = ("call_soon", "timers", "tasks")
 BASELINE = "uvloop"
 CANDIDATE = "ferroloop"
 
-# The issue's goal: ferroloop instructions/op at most this fraction of uvloop's.
+# The project's goal: ferroloop instructions/op at most this fraction of uvloop's.
 IR_TARGETS = {"call_soon": 0.60, "timers": 0.60, "tasks": 0.85}
 
 # A fixed hash seed makes runs of the same worker execute the same
@@ -290,7 +290,7 @@ def result_row(results: Results, m: Measurement) -> list[str]:
 
 
 def targets_table(results: Results, benchmarks: Sequence[str]) -> str | None:
-    """ferroloop vs uvloop instructions/op against the issue's targets."""
+    """ferroloop vs uvloop instructions/op against the project's targets."""
     rows = [row for b in benchmarks if (row := target_row(results, b)) is not None]
     if not rows:
         return None

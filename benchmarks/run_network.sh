@@ -6,16 +6,18 @@
 #   bash benchmarks/run_network.sh echo [ARGS...]   # only echo.py, e.g. echo --quick, echo --callgrind
 #   bash benchmarks/run_network.sh http [ARGS...]   # only http_bench.py, e.g. http --quick
 #
-# Installs uvloop, uvicorn and httptools (pip), wrk (apt-get, if missing) and
+# Installs uvloop, uvicorn and httptools into the project virtual environment
+# (.venv, see scripts/venv.sh), wrk (apt-get, if missing) and
 # builds the Rust load generator benchmarks/echo_client (cargo, offline when
 # the registry cache has its crates).  ferroloop: the in-tree build
 # (python/ferroloop with its native module, as scripts/dev-build.sh leaves
-# it) when there is one, else `pip install .` as benchmarks/run.sh does.
+# it) when there is one, else a build installed into .venv as
+# benchmarks/run.sh does.
 # Each benchmark copies the ferroloop package at its start, so a rebuild
 # during the run does not change what it measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+. scripts/venv.sh
 
 what=all
 case "${1:-}" in
@@ -26,13 +28,9 @@ if [[ $what == all && $# -gt 0 ]]; then
   exit 2
 fi
 
-pip_quiet() {
-  "$PYTHON" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-    | grep -v "Running pip as the 'root' user" || true
-}
-
-pip_quiet uvloop uvicorn httptools
+venv_install "to compare with" uvloop uvicorn httptools
 if ! command -v wrk >/dev/null; then
+  echo "== installing wrk system-wide with apt-get" >&2
   sudo=; [[ $(id -u) == 0 ]] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
 fi
@@ -46,17 +44,16 @@ if compgen -G "python/ferroloop/_native*.so" >/dev/null; then
   echo "ferroloop: the in-tree build in python/ferroloop" >&2
   export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 else
-  echo "ferroloop: no in-tree build; pip install ." >&2
-  pip_quiet "maturin>=1.5,<2"
-  pip_quiet --no-build-isolation --force-reinstall --no-deps .
+  echo "ferroloop: no in-tree build; installing one into .venv" >&2
+  venv_install_ferroloop
 fi
 
 status=0
 if [[ $what == echo || $what == all ]]; then
-  "$PYTHON" benchmarks/echo.py "$@" || status=1
+  "$VENV_PYTHON" benchmarks/echo.py "$@" || status=1
 fi
 if [[ $what == http || $what == all ]]; then
   [[ $what == all ]] && echo
-  "$PYTHON" benchmarks/http_bench.py "$@" || status=1
+  "$VENV_PYTHON" benchmarks/http_bench.py "$@" || status=1
 fi
 exit $status

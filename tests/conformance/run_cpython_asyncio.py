@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -476,7 +477,6 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(render(results, opts.loops, suites, unavailable))
-    print(f"\nChild logs: {log_dir}")
 
     if opts.json:
         doc = {
@@ -494,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     gating = ["ferroloop"] if "ferroloop" in opts.loops else opts.loops
     ok = all(lp not in unavailable and all(r.clean for r in results[lp].values())
              for lp in gating)
+    if ok and opts.log_dir is None:
+        # Logs of a clean run tell nothing the table does not.
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        print(f"\nChild logs: {log_dir}")
     return 0 if ok or opts.report_only else 1
 
 
