@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,47 @@ def test_cli_without_a_program_explains_usage():
     result = subprocess.run([sys.executable, "-m", "ferroloop"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "give a script to run" in result.stderr
+
+
+def _cli(*arguments: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferroloop", *arguments], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def _python(*arguments: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_cli_options_after_the_module_are_the_modules():
+    ours = _cli("-m", "json.tool", "--help")
+    stock = _python("-m", "json.tool", "--help")
+    assert ours.returncode == stock.returncode == 0, ours.stderr
+    assert ours.stdout == stock.stdout and "usage: python -m json.tool" in ours.stdout
+
+
+def test_cli_runs_code_given_with_dash_c():
+    code = "import asyncio, sys\nasync def main(): return type(asyncio.get_running_loop()).__name__\nprint(sys.argv, asyncio.run(main()))"
+    result = _cli("-c", code, "a", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['-c', 'a', '-q'] Loop"
+
+
+def test_cli_errors_read_as_pythons(tmp_path):
+    for arguments in (("-m", "nosuchmodule_for_ferroloop"), (str(tmp_path / "nope.py"),)):
+        ours, stock = _cli(*arguments), _python(*arguments)
+        assert (ours.returncode, ours.stderr) == (stock.returncode, stock.stderr)
+        assert len(ours.stderr.splitlines()) == 1
+
+
+def test_cli_traceback_starts_in_the_program(tmp_path):
+    script = tmp_path / "boom.py"
+    script.write_text("def fail():\n    raise ValueError('boom')\nfail()\n")
+    ours, stock = _cli(str(script)), _python(str(script))
+    assert ours.returncode == stock.returncode == 1
+    assert ours.stderr == stock.stderr
+    assert "ferroloop" not in ours.stderr and "runpy" not in ours.stderr
+
+
+def test_cli_ps_checks_its_pid():
+    result = _cli("ps", "abc")
+    assert result.returncode == 2
+    assert "not a process id: 'abc'" in result.stderr

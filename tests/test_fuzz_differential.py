@@ -91,7 +91,8 @@ DOCUMENTED_DIFFERENCES: dict[str, str] = {
     # waits for that one (here, for good). ferroloop runs it at once.
     r"^!! loop\.run_until_complete\(asyncio\.sleep\(nan\)\)\nasyncio: .*the step had not finished":
         "a NaN delay is due at once, whatever other timers there are",
-    r"^   loop\.(call_later|call_at)\(nan, (?s:.*)^!! <teardown(?-s:.*)\nasyncio: .*\[TimeoutError\]":
+    r"^   loop\.(call_later\(nan|call_at\(nan|run_until_complete\(asyncio\.sleep\(nan\))(?s:.*)^!! <teardown(?-s:.*)"
+    r"\nasyncio: .*(\[TimeoutError\]|Task was destroyed but it is pending)":
         "a NaN delay is due at once, whatever other timers there are",
     # eof_received's result without a truth value: asyncio's reader stays
     # registered at EOF and reports the error again on every iteration;

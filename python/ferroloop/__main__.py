@@ -1,4 +1,9 @@
-"""``python -m ferroloop app.py [args]``: run an asyncio program on ferroloop."""
+"""``python -m ferroloop [options] (script | -m module | -c code) [args]``: run
+an asyncio program on ferroloop, with the command line ``python`` takes.
+
+Everything after the script, ``-m MODULE`` or ``-c CODE`` belongs to the
+program (``sys.argv[1:]``), as with ``python``. ``ps PID`` and ``top PID``
+show a live process's tasks instead (see ``_monitor``)."""
 
 from __future__ import annotations
 
@@ -7,23 +12,27 @@ import os
 import runpy
 import sys
 import time
-from typing import Optional, Sequence
+from types import TracebackType
+from typing import Callable, NoReturn, Optional, Sequence
 
 import ferroloop
 
+USAGE = """\
+usage: python -m ferroloop [--version] [-h] (script | -m module | -c code) [args ...]
+       python -m ferroloop (ps | top) PID [--socket PATH] [--interval SECONDS]
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ferroloop",
-        description="Run an asyncio program on the ferroloop event loop. "
-        "`python -m ferroloop ps PID` / `top PID` show a live process's tasks "
-        "(run it with FERROLOOP_MONITOR=1).",
-    )
-    parser.add_argument("--version", action="version", version=f"ferroloop {ferroloop.__version__}")
-    parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
-    parser.add_argument("script", nargs="?", help="path of the program to run")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
-    return parser.parse_args(argv)
+Run an asyncio program on the ferroloop event loop: every loop the program
+asks asyncio for is a ferroloop loop. Arguments after the script, the
+module or the code are the program's (sys.argv[1:]), as with python.
+
+  script       run a Python file as __main__
+  -m module    run a library module as __main__ (python -m module)
+  -c code      run code given as a string
+  --version    print ferroloop's version and exit
+  -h, --help   print this help and exit
+  ps PID       print the tasks of a process run with FERROLOOP_MONITOR=1
+  top PID      the same, refreshed every second, with the loop's metrics
+"""
 
 
 def _inspect(command: str, arguments: Sequence[str]) -> None:
@@ -31,7 +40,7 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
     from ferroloop import _monitor
 
     parser = argparse.ArgumentParser(prog=f"python -m ferroloop {command}")
-    parser.add_argument("pid", type=int, help="process running ferroloop with FERROLOOP_MONITOR set")
+    parser.add_argument("pid", type=_pid, help="process running ferroloop with FERROLOOP_MONITOR set")
     parser.add_argument("--socket", help="monitor socket path (default: the per-user path for PID)")
     parser.add_argument("--interval", type=float, default=1.0, help="top: seconds between refreshes")
     options = parser.parse_args(arguments)
@@ -53,27 +62,96 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
         pass
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if len(arguments) >= 2 and arguments[0] in ("ps", "top") and arguments[1].isdigit():
-        _inspect(arguments[0], arguments[1:])
-        return
-    options = _parse(arguments)
-    ferroloop.install()
-    if options.module:
-        extra = [options.script] if options.script else []
-        sys.argv = [options.module, *extra, *options.args]
-        runpy.run_module(options.module, run_name="__main__", alter_sys=True)
-        return
-    if not options.script:
-        raise SystemExit("python -m ferroloop: give a script to run (or -m MODULE); see --help")
-    script = options.script
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return int(text)
+
+
+def _usage_error(message: str) -> NoReturn:
+    sys.stderr.write(USAGE.split("\n\n", 1)[0] + "\n")
+    raise SystemExit(f"python -m ferroloop: error: {message}")
+
+
+def _own_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+    """Drops the leading frames of this module and runpy, so that a
+    program's traceback starts in the program, as under ``python``."""
+    here = os.path.abspath(__file__)
+    runpy_file = os.path.abspath(runpy.__file__ or "")
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename not in (here, runpy_file, "<frozen runpy>"):
+            break
+        tb = tb.tb_next
+    return tb
+
+
+def _run_program(run: Callable[[], object]) -> None:
+    try:
+        run()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported as python reports it
+        # The display takes the traceback from the exception itself.
+        shown = exc.with_traceback(_own_frames(exc.__traceback__))
+        sys.excepthook(type(shown), shown, shown.__traceback__)
+        raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+
+
+def _run_module(module: str, arguments: list[str]) -> None:
+    # As `python -m`: sys.argv[0] becomes the module's path, sys.path[0] the
+    # current directory, and a missing module is one line on stderr.
+    sys.argv = ["-m", *arguments]
+    sys.path[0] = os.getcwd()
+    _run_program(lambda: runpy._run_module_as_main(module, alter_argv=True))  # type: ignore[attr-defined]
+
+
+def _run_code(code: str, arguments: list[str], argv0: str = "-c", filename: str = "<string>") -> None:
+    sys.argv = [argv0, *arguments]
+    sys.path[0] = ""
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None, "__spec__": None}
+    compiled = compile(code, filename, "exec")
+    _run_program(lambda: exec(compiled, namespace))
+
+
+def _run_script(script: str, arguments: list[str]) -> None:
     if not os.path.exists(script):
-        raise SystemExit(f"python -m ferroloop: can't open file {script!r}: No such file or directory")
-    sys.argv = [script, *options.args]
+        sys.stderr.write(f"{sys.executable}: can't open file {os.path.abspath(script)!r}: [Errno 2] No such file or directory\n")
+        raise SystemExit(2)
+    sys.argv = [script, *arguments]
     # As `python script.py` does: the script's directory comes first on sys.path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
-    runpy.run_path(script, run_name="__main__")
+    _run_program(lambda: runpy.run_path(script, run_name="__main__"))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in ("ps", "top"):
+        _inspect(arguments[0], arguments[1:])
+        return
+    while arguments and arguments[0].startswith("-") and arguments[0] not in ("-", "-m", "-c"):
+        option = arguments.pop(0)
+        if option in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return
+        if option == "--version":
+            print(f"ferroloop {ferroloop.__version__}")
+            return
+        _usage_error(f"unknown option {option!r} (options of the program go after it)")
+    if not arguments:
+        _usage_error("give a script to run (or -m MODULE, or -c CODE); see --help")
+    first = arguments.pop(0)
+    if first in ("-m", "-c") and not arguments:
+        _usage_error(f"argument {first} needs a value")
+    ferroloop.install()
+    if first == "-m":
+        _run_module(arguments[0], arguments[1:])
+    elif first == "-c":
+        _run_code(arguments[0], arguments[1:])
+    elif first == "-":
+        _run_code(sys.stdin.read(), arguments, "-", "<stdin>")
+    else:
+        _run_script(first, arguments)
 
 
 if __name__ == "__main__":
