@@ -113,7 +113,7 @@ fn repr_or_type(obj: &Bound<'_, PyAny>) -> String {
     obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unrepresentable object>".to_owned())
 }
 
-fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: attached to the interpreter; PyContext_CopyCurrent returns a
     // new reference or NULL with an exception set, which
     // from_owned_ptr_or_err turns into a PyErr.

@@ -194,6 +194,28 @@ impl Drop for HandleCore {
     }
 }
 
+/// Runs `work` with `context` (a `contextvars.Context`) entered: the native
+/// transports run their protocol's callbacks this way, in the context
+/// captured when they were made, as asyncio's reader and writer handles do.
+pub fn in_context<T>(py: Python<'_>, context: &Bound<'_, PyAny>, work: impl FnOnce() -> T) -> PyResult<T> {
+    // SAFETY: attached to the interpreter; `context` is a strong reference
+    // that outlives both calls. Exit runs only after a successful Enter, and
+    // `work` leaves no exception pending (its errors are values), so the
+    // pair stays balanced.
+    unsafe {
+        if ffi::PyContext_Enter(context.as_ptr()) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let outcome = work();
+        if ffi::PyContext_Exit(context.as_ptr()) != 0 {
+            // Only a context entered elsewhere meanwhile fails here; the
+            // work is done, so the failure is reported, not raised.
+            PyErr::fetch(py).write_unraisable(py, Some(context));
+        }
+        Ok(outcome)
+    }
+}
+
 /// Calls `callback(*args)` with `context` entered, as `Context.run` does.
 #[inline]
 pub fn call_in_context(

@@ -30,8 +30,8 @@ use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
 use crate::thread_exit;
 use crate::buffers::{with_bytes, with_writable_bytes};
-use crate::event_loop::{is_fatal, LoopCore};
-use crate::handles::{closed_error, Scheduled};
+use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
+use crate::handles::{closed_error, in_context, Scheduled};
 use crate::sync::lock;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -142,6 +142,9 @@ pub struct StreamTransport {
     fd: RawFd,
     event_loop: Py<LoopCore>,
     extra: Py<PyDict>,
+    /// A copy of the context the transport was made in: the protocol's
+    /// callbacks from reads and writes run in it.
+    context: Py<PyAny>,
     state: Mutex<State>,
 }
 
@@ -192,6 +195,12 @@ impl StreamTransport {
     /// side comes back with the name of the asyncio transport method that
     /// side stands for, for the exception handler's message.
     pub fn process(slf: &Bound<'_, Self>) -> Result<(), (PyErr, &'static str)> {
+        let py = slf.py();
+        let context = slf.get().context.bind(py);
+        in_context(py, context, || Self::process_in_context(slf)).map_err(|err| (err, "_read_ready"))?
+    }
+
+    fn process_in_context(slf: &Bound<'_, Self>) -> Result<(), (PyErr, &'static str)> {
         let this = slf.get();
         let (read, write) = {
             let mut st = lock(&this.state);
@@ -657,7 +666,8 @@ impl StreamTransport {
             empty_waiter: None,
         };
         Self::set_protocol_locked(py, &mut state, protocol)?;
-        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), state: Mutex::new(state) })
+        let context = copy_current_context(py)?;
+        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context, state: Mutex::new(state) })
     }
 
     /// Registers the socket with the loop's poller (once, for good).
@@ -1063,6 +1073,7 @@ impl StreamTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
+        visit.call(&self.context)?;
         // try_lock: the collector can run while the loop thread holds the
         // lock; skipping a visit only keeps objects alive longer.
         if let Ok(st) = self.state.try_lock() {

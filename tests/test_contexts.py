@@ -1,0 +1,115 @@
+"""Which contextvars.Context each protocol callback runs in, on the native
+stream transports, compared with asyncio: data_received, the buffered
+protocol's calls and connection_lost after a peer's EOF run in a copy of the
+context the transport was made in (what a callback sets there stays for the
+next one); connection_lost after close() runs in the context close() was
+called in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any, Callable
+
+import ferroloop
+
+from netutil import run_with_loop
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "ferroloop": ferroloop.new_event_loop,
+}
+var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="default")
+
+
+def recording_protocol(
+    side: str, seen: dict[str, Any], buffered: bool = False, server_closes: bool = True
+) -> type[asyncio.BaseProtocol]:
+    class Recorder(asyncio.Protocol):
+        transport: asyncio.Transport
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            seen[f"{side}.made"] = var.get()
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            self.received(len(data))
+
+        def received(self, count: int) -> None:
+            calls = seen.setdefault(f"{side}.data", [])
+            calls.append(var.get())
+            # What a callback sets stays in the transport's context, for
+            # the next callback, and does not leak into the caller's.
+            var.set(f"{side}-set-in-callback")
+            if side == "srv":
+                self.transport.write(b"x" * count)
+                if server_closes and len(calls) == 2:
+                    self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            seen[f"{side}.lost"] = var.get()
+
+    if not buffered:
+        return Recorder
+
+    class BufferedRecorder(Recorder, asyncio.BufferedProtocol):
+        buffer = bytearray(64)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            seen.setdefault(f"{side}.get_buffer", var.get())
+            return self.buffer
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.received(nbytes)
+
+    return BufferedRecorder
+
+
+async def exchange(buffered: bool, client_closes: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+    var.set("server-setup")
+    server_protocol = recording_protocol("srv", seen, buffered, server_closes=not client_closes)
+    server = await loop.create_server(lambda: server_protocol(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    var.set("client-setup")
+    transport, _ = await loop.create_connection(lambda: recording_protocol("cli", seen)(), "127.0.0.1", port)
+    var.set("after")
+    for _ in range(2):
+        transport.write(b"ping")
+        await asyncio.sleep(0.05)
+    if client_closes:
+        var.set("closing")
+        transport.close()
+    await asyncio.sleep(0.1)
+    seen["main"] = var.get()
+    server.close()
+    await server.wait_closed()
+    return seen
+
+
+def on_both(buffered: bool, client_closes: bool) -> dict[str, Any]:
+    return {name: run_with_loop(factory, exchange(buffered, client_closes)) for name, factory in LOOPS.items()}
+
+
+def test_protocol_callbacks_run_in_the_transports_context() -> None:
+    results = on_both(buffered=False, client_closes=False)
+    assert results["ferroloop"] == results["asyncio"]
+    seen = results["asyncio"]
+    assert seen["srv.data"] == ["server-setup", "srv-set-in-callback"]
+    # The server closes from data_received: connection_lost is scheduled in
+    # the transport's context, as the callback left it.
+    assert seen["srv.lost"] == "srv-set-in-callback" and seen["cli.lost"] == "cli-set-in-callback"
+    assert seen["main"] == "after"
+
+
+def test_buffered_protocol_callbacks_run_in_the_transports_context() -> None:
+    results = on_both(buffered=True, client_closes=False)
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["asyncio"]["srv.get_buffer"] == "server-setup"
+
+
+def test_connection_lost_after_close_runs_in_the_context_close_was_called_in() -> None:
+    results = on_both(buffered=False, client_closes=True)
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["asyncio"]["cli.lost"] == "closing"
