@@ -22,10 +22,18 @@ import warnings
 import weakref
 import asyncio
 from asyncio import constants, coroutines, events, futures, tasks
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 if TYPE_CHECKING:
+    # typeshed's own aliases, so that the signatures below are exactly
+    # AbstractEventLoop's.
+    from asyncio import _AwaitableLike
+    from asyncio.events import _Context, _ExceptionHandler
+
     from typing_extensions import TypeVarTuple, Unpack
+
+    from ._metrics import LoopMetrics
+    from ._monitor import LoopDiagnostics
 
     _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
@@ -46,7 +54,7 @@ _INTERNAL_PREFIXES = [os.path.dirname(os.path.abspath(path)) + os.sep for path i
 _HANDLER_RUNS_IN_CONTEXT = sys.version_info >= (3, 12)
 
 
-def _handler_context(context: dict) -> Any:
+def _handler_context(context: dict[str, Any]) -> Any:
     """The contextvars.Context of what failed: its task, future or handle."""
     for key in ("task", "future", "handle"):
         thing = context.get(key)
@@ -57,7 +65,7 @@ def _handler_context(context: dict) -> Any:
     return None
 
 
-def _task_of(context: dict) -> Optional[tasks.Task]:
+def _task_of(context: dict[str, Any]) -> Optional[tasks.Task[Any]]:
     for key in ("task", "future"):
         candidate = context.get(key)
         if isinstance(candidate, tasks.Task):
@@ -65,7 +73,7 @@ def _task_of(context: dict) -> Optional[tasks.Task]:
     return None
 
 
-def task_creation_site(task: tasks.Task) -> Optional[str]:
+def task_creation_site(task: tasks.Task[Any]) -> Optional[str]:
     """Where the task was created ("file:line in function"): the
     create_task call the loop recorded (task tracking), or else where its
     coroutine was created, if coroutine origin tracking (debug mode)
@@ -82,7 +90,7 @@ def task_creation_site(task: tasks.Task) -> Optional[str]:
     return f"{filename}:{lineno} in {function}"
 
 
-def _run_until_complete_cb(fut: futures.Future) -> None:
+def _run_until_complete_cb(fut: futures.Future[Any]) -> None:
     if not fut.cancelled():
         exc = fut.exception()
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -97,7 +105,7 @@ def _sighandler_noop(signum: int, frame: Any) -> None:
     the signal number to the wakeup fd, which is all the loop needs."""
 
 
-def _step_task(handle: Any) -> Optional[tasks.Task]:
+def _step_task(handle: Any) -> Optional[tasks.Task[Any]]:
     """The task whose step this handle runs, if it runs one."""
     owner = getattr(getattr(handle, "_callback", None), "__self__", None)
     return owner if isinstance(owner, tasks.Task) else None
@@ -121,16 +129,34 @@ def _slow_callback_culprit(handle: Any) -> str:
     return f" (task {task.get_name()!r}, coroutine {name}(){defined})"
 
 
-# The native scheduling methods return ferroloop.Handle/TimerHandle, which
-# typeshed's AbstractEventLoop types as asyncio.Handle/TimerHandle.
-class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  # type: ignore[misc]
+class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
 
+    # For a type checker, every public method has the signature typeshed
+    # gives asyncio.AbstractEventLoop's (the borrowed network methods take
+    # theirs from it, see _network.py), with one deliberate exception:
+    #
+    # call_soon, call_soon_threadsafe, call_later and call_at return
+    # ferroloop.Handle and ferroloop.TimerHandle. Those are native types
+    # with asyncio's public handle methods (cancel, cancelled, when,
+    # get_context), but they are not asyncio.Handle/TimerHandle nor
+    # subclasses of them: isinstance(loop.call_later(1, f),
+    # asyncio.TimerHandle) is False. typeshed's AbstractEventLoop promises
+    # asyncio's classes, so these are incompatible overrides (hence the
+    # ignores below), declared anyway because they say what the loop really
+    # returns: `h: asyncio.TimerHandle = loop.call_later(1, f)` is an error,
+    # as it would be a lie at runtime. Code typed against AbstractEventLoop
+    # still sees asyncio's classes and should use only the shared methods.
+
     # The same methods as LoopCore's, through leaner native entry points
-    # (see src/fast_calls.rs).
-    call_soon = _call_soon_fastcall
-    call_later = _call_later_fastcall
-    call_at = _call_at_fastcall
+    # (see src/fast_calls.rs); _native.pyi types them as LoopCore's.
+    call_soon = _call_soon_fastcall  # type: ignore[assignment]
+    call_later = _call_later_fastcall  # type: ignore[assignment]
+    call_at = _call_at_fastcall  # type: ignore[assignment]
+    if TYPE_CHECKING:
+        # LoopCore's, as at runtime; declared here only so that the checker
+        # reports the incompatible override on this line.
+        call_soon_threadsafe = LoopCore.call_soon_threadsafe  # type: ignore[assignment]
 
     def __init__(self) -> None:
         try:
@@ -140,9 +166,9 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             raise
         self._default_executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._executor_shutdown_called = False
-        self._exception_handler: Optional[Callable[..., Any]] = None
+        self._exception_handler: Optional[_ExceptionHandler] = None
         self.slow_callback_duration = 0.1
-        self._asyncgens: weakref.WeakSet = weakref.WeakSet()
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._signal_handlers: dict[int, events.Handle] = {}
         self._coroutine_origin_tracking_enabled = False
@@ -153,7 +179,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         self._monitored = False
         self._init_network()
         self._run_clock = _metrics.register(self)
-        self._last_metrics: Optional[dict] = None
+        self._last_metrics: Optional[LoopMetrics] = None
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]  # private asyncio helper
         if watchdog_threshold is not None:
             self.enable_watchdog(watchdog_threshold)
@@ -178,6 +204,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             raise RuntimeError("Cannot run the event loop while another loop is running")
 
     def run_forever(self) -> None:
+        """Run callbacks, timers and I/O until stop() is called."""
         self._check_closed()
         self._check_running()
         self._set_coroutine_origin_tracking(True)
@@ -200,30 +227,38 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
-    def run_until_complete(self, future: Any) -> Any:
+    def run_until_complete(self, future: _AwaitableLike[_T]) -> _T:
+        """Run the loop until ``future`` (a future, task, coroutine or other
+        awaitable, wrapped in a task if needed) is done; return its result or
+        raise its exception."""
         self._check_closed()
         self._check_running()
         new_task = not futures.isfuture(future)
-        future = tasks.ensure_future(future, loop=self)
+        # typeshed's ensure_future does not list the generator-based
+        # coroutines _AwaitableLike includes before 3.12; it accepts them.
+        awaited = tasks.ensure_future(future, loop=self)  # type: ignore[arg-type, unused-ignore]
         if new_task:
             # The caller cannot see this task; do not warn if it is destroyed
             # pending because run_forever was interrupted.
-            future._log_destroy_pending = False
-        future.add_done_callback(_run_until_complete_cb)
+            awaited._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio.Task's, private
+        awaited.add_done_callback(_run_until_complete_cb)
         try:
             self.run_forever()
         except BaseException:
-            if new_task and future.done() and not future.cancelled():
+            if new_task and awaited.done() and not awaited.cancelled():
                 # Mark the exception retrieved: it is the one being raised.
-                future.exception()
+                awaited.exception()
             raise
         finally:
-            future.remove_done_callback(_run_until_complete_cb)
-        if not future.done():
+            awaited.remove_done_callback(_run_until_complete_cb)
+        if not awaited.done():
             raise RuntimeError("Event loop stopped before Future completed.")
-        return future.result()
+        return awaited.result()
 
     def close(self) -> None:
+        """Close the loop: signal handlers removed, the watchdog stopped, the
+        default executor shut down without waiting. Pending callbacks are
+        dropped; a no-op if already closed."""
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
@@ -251,6 +286,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
     # -- debug mode --------------------------------------------------------
 
     def set_debug(self, enabled: bool) -> None:
+        """Turn debug mode on or off (slow callback warnings, wrong-thread
+        checks, creation tracebacks of handles and coroutines)."""
         self._set_debug_flag(enabled)
         self._refresh_tracking()
 
@@ -317,7 +354,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         it is still going on (with the task, its coroutine and the loop
         thread's stack down to the blocking line), and once with its total
         duration when it ends. ``callback``, if given, receives the same
-        records as dicts, called from the watchdog thread.
+        records (``ferroloop.StallRecord`` dicts), called from the watchdog
+        thread.
 
         ``track_tasks`` (default: on, unless ``FERROLOOP_TRACK_TASKS=0``)
         also records where each task is created, so that task hygiene
@@ -350,34 +388,41 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
 
     # -- live view ---------------------------------------------------------
 
-    def diagnostics(self) -> dict:
+    def diagnostics(self) -> LoopDiagnostics:
         """What ``python -m ferroloop ps`` shows for this loop: its tasks
         (name, state, age, what each awaits and where), metrics, and stall
-        state. Task ages are known while the monitor is on."""
+        state, as a ``ferroloop.LoopDiagnostics`` dict. Task ages are known
+        while the monitor is on."""
         return _monitor.diagnostics(self)
 
     # -- metrics -----------------------------------------------------------
 
-    def metrics(self) -> dict:
+    def metrics(self) -> LoopMetrics:
         """The loop's metrics: loop lag (p50, p99, max), utilisation (busy
         share of running time), callbacks per second (since the previous
-        call), tasks alive, stalls, and transport counters. Safe to call
-        from any thread."""
+        call), tasks alive, stalls, and transport counters, as a
+        ``ferroloop.LoopMetrics`` dict. Safe to call from any thread."""
         snapshot = _metrics.collect(self, self._last_metrics)
         self._last_metrics = snapshot
         return snapshot
 
     # -- exceptions --------------------------------------------------------
 
-    def get_exception_handler(self) -> Optional[Callable[..., Any]]:
+    def get_exception_handler(self) -> Optional[_ExceptionHandler]:
+        """The handler set with set_exception_handler, or None for the
+        default one."""
         return self._exception_handler
 
-    def set_exception_handler(self, handler: Optional[Callable[..., Any]]) -> None:
+    def set_exception_handler(self, handler: Optional[_ExceptionHandler]) -> None:
+        """Have call_exception_handler call ``handler(loop, context)``; None
+        restores default_exception_handler."""
         if handler is not None and not callable(handler):
             raise TypeError(f"A callable object or None is expected, got {handler!r}")
         self._exception_handler = handler
 
-    def default_exception_handler(self, context: dict) -> None:
+    def default_exception_handler(self, context: _Context) -> None:
+        """Log ``context`` (a message, an exception and what failed) on the
+        ``asyncio`` logger, in asyncio's format."""
         message = context.get("message") or "Unhandled exception in event loop"
         exception = context.get("exception")
         exc_info: Any = (type(exception), exception, exception.__traceback__) if exception is not None else False
@@ -398,7 +443,10 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             lines.append(f"{key}: {value}")
         logger.error("\n".join(lines), exc_info=exc_info)
 
-    def call_exception_handler(self, context: dict) -> None:
+    def call_exception_handler(self, context: _Context) -> None:
+        """Report an error: pass ``context`` to the custom exception handler,
+        or to default_exception_handler. For a task's error the context gains
+        ``task_created_at`` when task tracking recorded the creation site."""
         # A context that is not a dict fails inside the handlers below, where
         # asyncio reports it; only the creation-site note needs a dict.
         task = _task_of(context) if isinstance(context, dict) else None
@@ -453,6 +501,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             self.call_soon_threadsafe(self.create_task, agen.aclose())
 
     async def shutdown_asyncgens(self) -> None:
+        """Close the asynchronous generators still open on this loop
+        (``aclose()`` on each); later ones get a ResourceWarning."""
         self._asyncgens_shutdown_called = True
         if not len(self._asyncgens):
             return
@@ -471,7 +521,11 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
 
     # -- executors -----------------------------------------------------------
 
-    def run_in_executor(self, executor: Any, func: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]) -> futures.Future[_T]:
+    def run_in_executor(
+        self, executor: Optional[concurrent.futures.Executor], func: Callable[[Unpack[_Ts]], _T], *args: Unpack[_Ts]
+    ) -> futures.Future[_T]:
+        """Call ``func(*args)`` in ``executor`` (None: the loop's default
+        thread pool, created on first use); returns an asyncio future."""
         self._check_closed()
         if self.get_debug():
             self._check_callback(func, "run_in_executor")
@@ -491,11 +545,14 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
     def set_default_executor(self, executor: concurrent.futures.Executor) -> None:
+        """Use ``executor`` (a ThreadPoolExecutor) for run_in_executor(None, ...)."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout: Optional[float] = None) -> None:
+        """Shut the default executor down, waiting (up to ``timeout``
+        seconds, default without limit) for its threads to finish."""
         self._executor_shutdown_called = True
         if self._default_executor is None:
             return
@@ -515,7 +572,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             )
             self._default_executor.shutdown(wait=False)
 
-    def _do_shutdown(self, future: futures.Future) -> None:
+    def _do_shutdown(self, future: futures.Future[None]) -> None:
         try:
             executor = self._default_executor
             if executor is not None:
@@ -528,8 +585,16 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
 
     # -- name resolution -----------------------------------------------------
 
-    def _getaddrinfo_debug(self, host: Any, port: Any, family: int, type: int, proto: int, flags: int) -> list:
-        parts = [f"{host}:{port!r}"]
+    def _getaddrinfo_debug(
+        self,
+        host: Union[bytes, str, None],
+        port: Union[bytes, str, int, None],
+        family: int,
+        type: int,
+        proto: int,
+        flags: int,
+    ) -> list[Any]:
+        parts = [f"{host}:{port!r}"]  # type: ignore[str-bytes-safe]  # asyncio's message, b'...' for bytes
         for label, value in (("family", family), ("type", type), ("proto", proto), ("flags", flags)):
             if value:
                 parts.append(f"{label}={value!r}")
@@ -545,11 +610,33 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             logger.debug(message)
         return addrinfo
 
-    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> list:
-        resolve = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
-        return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
+    if TYPE_CHECKING:
+        # typeshed's declaration itself: the result type is spelled in ways
+        # that differ between typeshed versions and are not compatible with
+        # one another (a list is invariant), so no one annotation below
+        # would match every checker's AbstractEventLoop.
+        getaddrinfo = events.AbstractEventLoop.getaddrinfo
+    else:
 
-    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple:
+        async def getaddrinfo(
+            self,
+            host: Union[bytes, str, None],
+            port: Union[bytes, str, int, None],
+            *,
+            family: int = 0,
+            type: int = 0,
+            proto: int = 0,
+            flags: int = 0,
+        ) -> list[Any]:
+            """``socket.getaddrinfo`` in the default executor (logged with its
+            duration in debug mode)."""
+            resolve = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
+            return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
+
+    async def getnameinfo(
+        self, sockaddr: Union[tuple[str, int], tuple[str, int, int, int]], flags: int = 0
+    ) -> tuple[str, str]:
+        """``socket.getnameinfo`` in the default executor."""
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
     # -- signals -------------------------------------------------------------
@@ -580,6 +667,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
             raise ValueError(f"invalid signal number {sig}")
 
     def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
+        """Run ``callback(*args)`` on the loop when signal ``sig`` arrives
+        (main thread only; replaces a handler set for ``sig`` before)."""
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
@@ -607,6 +696,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):  
         self._set_has_signal_handlers(True)
 
     def remove_signal_handler(self, sig: int) -> bool:
+        """Remove the handler of ``sig`` and restore the signal's default
+        disposition; False if it had none."""
         self._check_signal(sig)
         try:
             del self._signal_handlers[sig]

@@ -11,10 +11,59 @@ import asyncio
 import itertools
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, TypedDict
 
 if TYPE_CHECKING:
     from ._loop import Loop
+
+
+class LoopMetrics(TypedDict):
+    """What ``Loop.metrics()`` returns. Times are in seconds; ``*_total``
+    values count from the loop's creation; the two rates
+    (``callbacks_per_second``, ``utilisation``) cover the time since the
+    previous ``metrics()`` call (or since the loop was created)."""
+
+    loop: int
+    """The loop's number in this process (1 for the first loop created)."""
+    taken_at: float
+    """When the snapshot was taken, on ``time.monotonic()``'s clock."""
+    uptime_seconds: float
+    """Time since the loop was created."""
+    running_seconds_total: float
+    """Time spent inside run_forever."""
+    busy_seconds_total: float
+    """Running time spent outside poll (running callbacks)."""
+    wait_seconds_total: float
+    """Running time spent waiting in poll."""
+    utilisation_total: float
+    """Busy share of the running time, 0 to 1."""
+    callbacks_total: int
+    """Callbacks and task steps run."""
+    iterations_total: int
+    """Iterations of the event loop."""
+    lag_p50_seconds: float
+    """Median lateness of the last 2048 timers."""
+    lag_p99_seconds: float
+    """99th percentile lateness of the last 2048 timers."""
+    lag_max_seconds: float
+    """Latest a timer has fired."""
+    lag_samples_total: int
+    """Timers whose lateness was measured."""
+    tasks_alive: int
+    """Tasks of the loop not yet done (0 once it is closed)."""
+    stalls_total: int
+    """Stalls reported by the watchdog (0 without it)."""
+    bytes_received_total: int
+    """Bytes read by the loop's socket transports (TCP, Unix, UDP)."""
+    bytes_sent_total: int
+    """Bytes the loop's socket transports handed to the kernel."""
+    open_transports: int
+    """Socket and pipe transports not yet closed."""
+    callbacks_per_second: float
+    """Callbacks run per second since the previous call."""
+    utilisation: float
+    """Busy share of the running time since the previous call."""
+
 
 _live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
 _loop_numbers = itertools.count(1)
@@ -46,14 +95,14 @@ def register(loop: "Loop") -> RunClock:
     return RunClock()
 
 
-def collect(loop: "Loop", previous: Optional[dict]) -> dict:
+def collect(loop: "Loop", previous: Optional[LoopMetrics]) -> LoopMetrics:
     """The loop's metrics now; rates are over the time since ``previous``."""
     uptime, callbacks, iterations, waited, lag_p50, lag_p99, lag_max, lag_samples = loop._metrics_snapshot()
     running = loop._run_clock.running_seconds()
     busy = max(running - waited, 0.0)
     reporter = loop._stall_reporter
     received, sent = loop._io_totals()
-    snapshot = {
+    snapshot: LoopMetrics = {
         "loop": loop._run_clock.number,
         "taken_at": time.monotonic(),
         "uptime_seconds": uptime,
@@ -72,12 +121,19 @@ def collect(loop: "Loop", previous: Optional[dict]) -> dict:
         "bytes_received_total": received,
         "bytes_sent_total": sent,
         "open_transports": loop._open_transport_count() if not loop.is_closed() else 0,
+        # The rates, set below.
+        "callbacks_per_second": 0.0,
+        "utilisation": 0.0,
     }
-    since = previous or {"taken_at": snapshot["taken_at"] - uptime, "callbacks_total": 0, "running_seconds_total": 0.0, "busy_seconds_total": 0.0}
-    interval = snapshot["taken_at"] - since["taken_at"]
-    ran = running - since["running_seconds_total"]
-    snapshot["callbacks_per_second"] = (callbacks - since["callbacks_total"]) / interval if interval > 0 else 0.0
-    snapshot["utilisation"] = (busy - since["busy_seconds_total"]) / ran if ran > 0 else 0.0
+    if previous:
+        since_taken_at, since_callbacks = previous["taken_at"], previous["callbacks_total"]
+        since_running, since_busy = previous["running_seconds_total"], previous["busy_seconds_total"]
+    else:
+        since_taken_at, since_callbacks, since_running, since_busy = snapshot["taken_at"] - uptime, 0, 0.0, 0.0
+    interval = snapshot["taken_at"] - since_taken_at
+    ran = running - since_running
+    snapshot["callbacks_per_second"] = (callbacks - since_callbacks) / interval if interval > 0 else 0.0
+    snapshot["utilisation"] = (busy - since_busy) / ran if ran > 0 else 0.0
     return snapshot
 
 
@@ -97,6 +153,11 @@ _FAMILIES = (
 )
 
 
+def _value(snapshot: LoopMetrics, key: str) -> object:
+    values: Mapping[str, object] = snapshot
+    return values[key]
+
+
 def _number(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
@@ -113,11 +174,11 @@ def openmetrics_text(loops: Optional[Iterable["Loop"]] = None) -> str:
         lines.append(f"# HELP {name} {help_text}")
         suffix = "_total" if kind == "counter" else ""
         for snap in snapshots:
-            lines.append(f'{name}{suffix}{{loop="{snap["loop"]}"}} {_number(snap[key])}')
+            lines.append(f'{name}{suffix}{{loop="{snap["loop"]}"}} {_number(_value(snap, key))}')
     lines.append("# TYPE ferroloop_loop_lag_seconds gauge")
     lines.append("# HELP ferroloop_loop_lag_seconds How late timers fired, over the loop's last 2048 timers.")
     for snap in snapshots:
         for quantile, key in (("0.5", "lag_p50_seconds"), ("0.99", "lag_p99_seconds")):
-            lines.append(f'ferroloop_loop_lag_seconds{{loop="{snap["loop"]}",quantile="{quantile}"}} {_number(snap[key])}')
+            lines.append(f'ferroloop_loop_lag_seconds{{loop="{snap["loop"]}",quantile="{quantile}"}} {_number(_value(snap, key))}')
     lines.append("# EOF")
     return "\n".join(lines) + "\n"

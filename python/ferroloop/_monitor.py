@@ -20,10 +20,54 @@ import socket
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
+
+from ._metrics import LoopMetrics
+from ._watchdog import StallRecord
 
 if TYPE_CHECKING:
     from ._loop import Loop
+
+
+class TaskInfo(TypedDict):
+    """One task of ``LoopDiagnostics["tasks"]``."""
+
+    name: str
+    """The task's name."""
+    state: Literal["running", "pending", "done"]
+    """``"running"`` for the task whose step runs right now."""
+    age: Optional[float]
+    """Seconds since the task was created, when task tracking recorded it."""
+    coroutine: str
+    """Qualified name of the task's coroutine."""
+    awaiting: Optional[str]
+    """What a pending task waits for: ``task 'name'``, ``sleep()``,
+    ``future``... (None unless pending)."""
+    where: Optional[str]
+    """``file:line`` where the task is suspended, in the program's code
+    rather than asyncio's when it can."""
+
+
+class LoopDiagnostics(TypedDict):
+    """What ``Loop.diagnostics()`` returns (and ``python -m ferroloop ps``
+    shows, one per loop)."""
+
+    loop: int
+    """The loop's number in this process (as in its metrics)."""
+    running: bool
+    """Whether the loop is running."""
+    stalled: bool
+    """Whether the watchdog reports a stall going on (for the live view: or
+    the loop ran one callback throughout a short probe)."""
+    watchdog: bool
+    """Whether the stall watchdog is on."""
+    stall: Optional[StallRecord]
+    """The stall going on, its duration brought up to date, or None."""
+    metrics: LoopMetrics
+    """``Loop.metrics()``."""
+    tasks: list[TaskInfo]
+    """The loop's tasks not yet collected, the running one first, then the
+    oldest first."""
 
 ENV_VARIABLE = "FERROLOOP_MONITOR"
 _REQUEST_LIMIT = 64
@@ -126,7 +170,7 @@ class MonitorServer:
                     continue
 
 
-def respond(request: str) -> dict:
+def respond(request: str) -> dict[str, Any]:
     if request not in ("ps", "top"):
         return {"error": f"unknown request {request!r}; expected 'ps' or 'top'"}
     from ._metrics import _live_loops
@@ -169,7 +213,7 @@ def _where(chain: list[Any]) -> Optional[str]:
     return where
 
 
-def _awaiting(task: asyncio.Task, chain: list[Any]) -> str:
+def _awaiting(task: asyncio.Task[Any], chain: list[Any]) -> str:
     waiter = getattr(task, "_fut_waiter", None)
     if isinstance(waiter, asyncio.Task):
         return f"task {waiter.get_name()!r}"
@@ -185,11 +229,12 @@ def _awaiting(task: asyncio.Task, chain: list[Any]) -> str:
     return f"{getattr(inner, '__qualname__', type(inner).__name__)}()" if len(chain) > 1 else "-"
 
 
-def describe_task(task: asyncio.Task, running: Optional[asyncio.Task], now: float) -> dict:
+def describe_task(task: asyncio.Task[Any], running: Optional[asyncio.Task[Any]], now: float) -> TaskInfo:
     coro = task.get_coro()
     chain = _await_chain(coro)
     site = task.get_loop()._task_site(task)  # type: ignore[attr-defined]  # a ferroloop Loop's task
     created = site[3] if site is not None else None
+    state: Literal["running", "pending", "done"]
     if task is running:
         state = "running"
     elif task.done():
@@ -206,7 +251,7 @@ def describe_task(task: asyncio.Task, running: Optional[asyncio.Task], now: floa
     }
 
 
-def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] = None) -> dict:
+def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] = None) -> LoopDiagnostics:
     """The loop's state, as the live view shows it. ``earlier_activity`` is
     an ``_activity()`` sample taken a moment before, to tell a stall."""
     now = time.monotonic()
@@ -224,7 +269,7 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
     if stall is not None:
         # The record was made when the stall crossed the threshold; it has
         # gone on since.
-        stall = dict(stall, duration=stall["duration"] + now - stall["reported_at"])
+        stall = cast(StallRecord, dict(stall, duration=stall["duration"] + now - stall["reported_at"]))
     return {
         "loop": loop._run_clock.number,
         "running": loop.is_running(),
@@ -236,7 +281,7 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
     }
 
 
-def query(pid: int, request: str = "ps", path: Optional[str] = None, timeout: float = 5.0) -> dict:
+def query(pid: int, request: str = "ps", path: Optional[str] = None, timeout: float = 5.0) -> dict[str, Any]:
     """Ask the monitor of process ``pid`` for its state."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
@@ -248,7 +293,8 @@ def query(pid: int, request: str = "ps", path: Optional[str] = None, timeout: fl
             if not chunk:
                 break
             chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    state: dict[str, Any] = json.loads(b"".join(chunks))
+    return state
 
 
 def _age(seconds: Optional[float]) -> str:
@@ -259,7 +305,7 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds / 60:.1f}m"
 
 
-def render(state: dict, with_metrics: bool = False) -> str:
+def render(state: dict[str, Any], with_metrics: bool = False) -> str:
     """The ps/top text of a monitor snapshot."""
     lines = []
     for loop in state.get("loops", []):

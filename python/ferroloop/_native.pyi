@@ -2,9 +2,14 @@
 
 import contextvars
 import socket
+import sys
+from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
 from asyncio import BaseProtocol
 from asyncio import Future, Task
+from asyncio import _CoroutineLike
+from asyncio.events import _TaskFactory
 from collections.abc import Callable, Coroutine, Generator, Iterable
+from socket import _Address, _RetAddress
 from traceback import StackSummary
 from typing import Any, Optional, TypeVar, Union
 
@@ -13,19 +18,17 @@ from typing_extensions import Unpack, TypeVarTuple
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
-class _FileLike:
-    def fileno(self) -> int: ...
-
-_FileDescriptorLike = Union[int, _FileLike]
-
 __version__: str
 
 class Handle:
     """A callback scheduled with call_soon, or registered for an fd."""
 
-    def cancel(self) -> None: ...
-    def cancelled(self) -> bool: ...
-    def get_context(self) -> contextvars.Context: ...
+    def cancel(self) -> None:
+        """Keep the callback from running (a no-op once it has run)."""
+    def cancelled(self) -> bool:
+        """Whether cancel() has been called."""
+    def get_context(self) -> contextvars.Context:
+        """The contextvars.Context the callback runs in."""
     def _run(self) -> None: ...
     @property
     def _callback(self) -> Optional[Callable[..., object]]: ...
@@ -43,10 +46,14 @@ class Handle:
 class TimerHandle:
     """A callback scheduled for a point in loop time."""
 
-    def when(self) -> float: ...
-    def cancel(self) -> None: ...
-    def cancelled(self) -> bool: ...
-    def get_context(self) -> contextvars.Context: ...
+    def when(self) -> float:
+        """The loop time (see Loop.time()) the callback is scheduled for."""
+    def cancel(self) -> None:
+        """Keep the callback from running (a no-op once it has run)."""
+    def cancelled(self) -> bool:
+        """Whether cancel() has been called."""
+    def get_context(self) -> contextvars.Context:
+        """The contextvars.Context the callback runs in."""
     def _run(self) -> None: ...
     @property
     def _when(self) -> float: ...
@@ -70,38 +77,57 @@ class TimerHandle:
     def __ge__(self, other: "TimerHandle") -> bool: ...
 
 class LoopCore:
-    """The native half of ferroloop.Loop."""
+    """The native half of ferroloop.Loop.
+
+    The public methods have asyncio.AbstractEventLoop's signatures (typeshed's),
+    except that the scheduling methods return ferroloop's own Handle and
+    TimerHandle; see ferroloop._loop.Loop.
+    """
 
     _thread_id: Optional[int]
     @property
     def _clock_resolution(self) -> float: ...
     @property
     def _current_handle(self) -> Optional[Union[Handle, TimerHandle]]: ...
-    def time(self) -> float: ...
+    def time(self) -> float:
+        """The loop's clock (monotonic, in seconds), against which call_at and
+        TimerHandle.when() are measured."""
     def call_soon(
         self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Optional[contextvars.Context] = None
-    ) -> Handle: ...
+    ) -> Handle:
+        """Run ``callback(*args)`` at the next iteration, after the callbacks
+        already scheduled, in ``context`` (default: a copy of the current one)."""
     def call_soon_threadsafe(
         self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: Optional[contextvars.Context] = None
-    ) -> Handle: ...
+    ) -> Handle:
+        """As call_soon, from any thread: the loop is woken up if it waits in
+        poll."""
     def call_later(
         self,
         delay: float,
         callback: Callable[[Unpack[_Ts]], object],
         *args: Unpack[_Ts],
         context: Optional[contextvars.Context] = None,
-    ) -> TimerHandle: ...
+    ) -> TimerHandle:
+        """Run ``callback(*args)`` once ``delay`` seconds have passed on the
+        loop's clock."""
     def call_at(
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
         *args: Unpack[_Ts],
         context: Optional[contextvars.Context] = None,
-    ) -> TimerHandle: ...
-    def stop(self) -> None: ...
-    def is_running(self) -> bool: ...
-    def is_closed(self) -> bool: ...
-    def get_debug(self) -> bool: ...
+    ) -> TimerHandle:
+        """Run ``callback(*args)`` when the loop's clock (``time()``) reaches
+        ``when``."""
+    def stop(self) -> None:
+        """Make run_forever return once the callbacks already ready have run."""
+    def is_running(self) -> bool:
+        """Whether the loop is inside run_forever or run_until_complete."""
+    def is_closed(self) -> bool:
+        """Whether close() has been called."""
+    def get_debug(self) -> bool:
+        """Whether debug mode is on."""
     def _set_debug_flag(self, enabled: object) -> None: ...
     def _run_forever_native(self) -> None: ...
     def _run_once(self) -> None: ...
@@ -118,44 +144,81 @@ class LoopCore:
     def _watchdog_running(self) -> bool: ...
     def _queue_sizes(self) -> tuple[int, int, int]: ...
     def _scheduled(self) -> list[TimerHandle]: ...
-    def add_reader(self, fd: _FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None: ...
-    def add_writer(self, fd: _FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None: ...
-    def _add_reader(self, fd: _FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> Handle: ...
-    def _add_writer(self, fd: _FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> Handle: ...
-    def remove_reader(self, fd: _FileDescriptorLike) -> bool: ...
-    def remove_writer(self, fd: _FileDescriptorLike) -> bool: ...
-    def create_future(self) -> Future[Any]: ...
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
+        """Run ``callback(*args)`` whenever ``fd`` (a file descriptor or an
+        object with ``fileno()``) is readable."""
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
+        """Run ``callback(*args)`` whenever ``fd`` is writable."""
+    def _add_reader(self, fd: FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> Handle: ...
+    def _add_writer(self, fd: FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> Handle: ...
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for reading; False if it was not watched."""
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for writing; False if it was not watched."""
+    def create_future(self) -> Future[Any]:
+        """A new asyncio.Future attached to this loop."""
     def _set_transport_table(self, table: dict[int, Any]) -> None: ...
     # The low-level socket API: native for plain socket.socket objects,
     # ferroloop._sockets otherwise; each returns an awaitable coroutine.
-    def sock_recv(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]: ...
-    def sock_recv_into(self, sock: socket.socket, buf: Any) -> Coroutine[Any, Any, int]: ...
-    def sock_sendall(self, sock: socket.socket, data: Any) -> Coroutine[Any, Any, None]: ...
-    def sock_accept(self, sock: socket.socket) -> Coroutine[Any, Any, tuple[socket.socket, Any]]: ...
-    def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> Coroutine[Any, Any, tuple[bytes, Any]]: ...
+    # Parameter names are the runtime's (asyncio's selector loop says `n`
+    # too), types are typeshed's AbstractEventLoop's.
+    def sock_recv(self, sock: socket.socket, n: int) -> Coroutine[Any, Any, bytes]:
+        """Receive up to ``n`` bytes from a non-blocking socket."""
+    def sock_recv_into(self, sock: socket.socket, buf: WriteableBuffer) -> Coroutine[Any, Any, int]:
+        """Receive into ``buf``; returns the number of bytes received."""
+    def sock_sendall(self, sock: socket.socket, data: ReadableBuffer) -> Coroutine[Any, Any, None]:
+        """Send all of ``data``, waiting for the socket to be writable as often
+        as needed."""
+    def sock_accept(self, sock: socket.socket) -> Coroutine[Any, Any, tuple[socket.socket, _RetAddress]]:
+        """Accept a connection on a listening socket: ``(conn, address)``,
+        with ``conn`` non-blocking."""
+    def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> Coroutine[Any, Any, tuple[bytes, _RetAddress]]:
+        """Receive a datagram of up to ``bufsize`` bytes: ``(data, address)``."""
     def sock_recvfrom_into(
-        self, sock: socket.socket, buf: Any, nbytes: int = 0
-    ) -> Coroutine[Any, Any, tuple[int, Any]]: ...
-    def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> Coroutine[Any, Any, int]: ...
-    def create_task(
-        self,
-        coro: Union[Coroutine[Any, Any, _T], Generator[Any, None, _T]],
-        *,
-        name: Optional[str] = None,
-        context: Optional[contextvars.Context] = None,
-        **kwargs: Any,
-    ) -> Task[_T]: ...
+        self, sock: socket.socket, buf: WriteableBuffer, nbytes: int = 0
+    ) -> Coroutine[Any, Any, tuple[int, _RetAddress]]:
+        """Receive a datagram into ``buf`` (at most ``nbytes``, default its
+        size): ``(nbytes_received, address)``."""
+    def sock_sendto(self, sock: socket.socket, data: ReadableBuffer, address: _Address) -> Coroutine[Any, Any, int]:
+        """Send a datagram to ``address``; returns the number of bytes sent."""
+    # The keyword arguments are passed on to the task factory or to
+    # asyncio.Task, so the runtime accepts what typeshed lists per version.
+    if sys.version_info >= (3, 13):
+        def create_task(
+            self,
+            coro: _CoroutineLike[_T],
+            *,
+            name: Optional[str] = None,
+            context: Optional[contextvars.Context] = None,
+            eager_start: Optional[bool] = None,
+        ) -> Task[_T]:
+            """Wrap a coroutine in a task scheduled on this loop (through the
+            task factory, if one is set)."""
+    elif sys.version_info >= (3, 11):
+        def create_task(
+            self, coro: _CoroutineLike[_T], *, name: Optional[str] = None, context: Optional[contextvars.Context] = None
+        ) -> Task[_T]:
+            """Wrap a coroutine in a task scheduled on this loop (through the
+            task factory, if one is set)."""
+    else:
+        def create_task(self, coro: _CoroutineLike[_T], *, name: Optional[str] = None) -> Task[_T]:
+            """Wrap a coroutine in a task scheduled on this loop (through the
+            task factory, if one is set)."""
     def _track_tasks(self, enabled: bool, internal_prefixes: list[str] = ...) -> None: ...
     def _tracking_tasks(self) -> bool: ...
     def _tracked_task_count(self) -> int: ...
     def _task_site(self, task: Task[Any]) -> Optional[tuple[str, int, str, float]]: ...
-    def set_task_factory(self, factory: Optional[Callable[..., Any]]) -> None: ...
-    def get_task_factory(self) -> Optional[Callable[..., Any]]: ...
+    def set_task_factory(self, factory: Optional[_TaskFactory]) -> None:
+        """Have create_task call ``factory(loop, coro, **kwargs)``; None
+        restores plain asyncio.Task."""
+    def get_task_factory(self) -> Optional[_TaskFactory]:
+        """The task factory, or None when tasks are plain asyncio.Task."""
 
-# Method descriptors of LoopCore placed on ferroloop.Loop (src/fast_calls.rs).
-_call_soon_fastcall: Any
-_call_later_fastcall: Any
-_call_at_fastcall: Any
+# Method descriptors of LoopCore placed on ferroloop.Loop (src/fast_calls.rs):
+# the same methods as LoopCore's, with leaner argument parsing.
+_call_soon_fastcall = LoopCore.call_soon
+_call_later_fastcall = LoopCore.call_later
+_call_at_fastcall = LoopCore.call_at
 
 class SockCall(Coroutine[Any, Any, Any]):
     """One awaited native ``loop.sock_*()`` call (registered as a Coroutine)."""

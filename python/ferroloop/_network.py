@@ -19,20 +19,28 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import types
 import weakref
-from asyncio import base_events, futures, selector_events, transports, trsock, unix_events
+from asyncio import base_events, events, futures, selector_events, transports, trsock, unix_events
 from asyncio.log import logger
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._native import LoopCore, StreamTransport
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
 
 
 _Base = base_events.BaseEventLoop
 _Selector = selector_events.BaseSelectorEventLoop
-_Unix = unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]  # private, stable since 3.4
+_Unix = unix_events._UnixSelectorEventLoop  # private, stable since 3.4
 
 
-class TransportClass(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+class TransportClass(transports._FlowControlMixin, transports.Transport):
     """What a ``StreamTransport`` reports as its ``__class__``, so that
     ``isinstance(transport, asyncio.Transport)`` (and asyncio's own checks
     for ``_FlowControlMixin``) hold. Never instantiated."""
@@ -98,11 +106,28 @@ class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ig
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
 
 
-def _borrow(owner: type, name: str) -> Any:
-    return owner.__dict__[name]
+def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
+    """``owner``'s own function ``name``, to be a method of the loop too.
+
+    With ``doc``, a copy of it that differs only in its docstring: the
+    original, which asyncio's loops use, is left alone.
+    """
+    function = owner.__dict__[name]
+    if doc is None:
+        return function
+    copy = types.FunctionType(
+        function.__code__, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+    )
+    copy.__kwdefaults__ = dict(function.__kwdefaults__) if function.__kwdefaults__ is not None else None
+    copy.__dict__.update(function.__dict__)
+    copy.__qualname__ = function.__qualname__
+    copy.__module__ = function.__module__
+    copy.__annotations__ = dict(function.__annotations__)
+    copy.__doc__ = doc
+    return copy
 
 
-def _transport_extra(sock: socket.socket, extra: Optional[dict]) -> dict:
+def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> dict[str, Any]:
     """asyncio's ``_SelectorTransport`` extra info: the socket, its name and
     its peer's (None when the socket has none)."""
     info = dict(extra) if extra else {}
@@ -123,22 +148,62 @@ class NetworkMethods:
     """The network half of the loop API."""
 
     # Connection set-up and servers, as the running interpreter's asyncio
-    # implements them.
-    create_connection = _borrow(_Base, "create_connection")
+    # implements them. A type checker sees them as typeshed declares them
+    # for asyncio.AbstractEventLoop (per Python version), the signatures of
+    # the very functions borrowed. The ones asyncio leaves without a
+    # docstring get one (on a copy).
+    if TYPE_CHECKING:
+        create_connection = events.AbstractEventLoop.create_connection
+        create_server = events.AbstractEventLoop.create_server
+        connect_accepted_socket = events.AbstractEventLoop.connect_accepted_socket
+        create_datagram_endpoint = events.AbstractEventLoop.create_datagram_endpoint
+        connect_read_pipe = events.AbstractEventLoop.connect_read_pipe
+        connect_write_pipe = events.AbstractEventLoop.connect_write_pipe
+        sendfile = events.AbstractEventLoop.sendfile
+        start_tls = events.AbstractEventLoop.start_tls
+        create_unix_connection = events.AbstractEventLoop.create_unix_connection
+        create_unix_server = events.AbstractEventLoop.create_unix_server
+    else:
+        create_connection = _borrow(_Base, "create_connection")
+        create_server = _borrow(_Base, "create_server")
+        connect_accepted_socket = _borrow(
+            _Base,
+            "connect_accepted_socket",
+            "Wrap an accepted, connected stream socket in a transport and a "
+            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+        )
+        create_datagram_endpoint = _borrow(_Base, "create_datagram_endpoint")
+        connect_read_pipe = _borrow(
+            _Base,
+            "connect_read_pipe",
+            "Read from a pipe (a file object) through a read transport and a "
+            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+        )
+        connect_write_pipe = _borrow(
+            _Base,
+            "connect_write_pipe",
+            "Write to a pipe (a file object) through a write transport and a "
+            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+        )
+        sendfile = _borrow(_Base, "sendfile")
+        start_tls = _borrow(_Base, "start_tls")
+        create_unix_connection = _borrow(
+            _Unix,
+            "create_unix_connection",
+            "Connect to a Unix socket at ``path`` (or over ``sock``), with a "
+            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+        )
+        create_unix_server = _borrow(
+            _Unix,
+            "create_unix_server",
+            "Listen on a Unix socket at ``path`` (or on ``sock``), with a "
+            "protocol from ``protocol_factory`` per connection: a Server.",
+        )
     _connect_sock = _borrow(_Base, "_connect_sock")
     _create_connection_transport = _borrow(_Base, "_create_connection_transport")
     _ensure_resolved = _borrow(_Base, "_ensure_resolved")
     _create_server_getaddrinfo = _borrow(_Base, "_create_server_getaddrinfo")
-    create_server = _borrow(_Base, "create_server")
-    connect_accepted_socket = _borrow(_Base, "connect_accepted_socket")
-    create_datagram_endpoint = _borrow(_Base, "create_datagram_endpoint")
-    connect_read_pipe = _borrow(_Base, "connect_read_pipe")
-    connect_write_pipe = _borrow(_Base, "connect_write_pipe")
-    sendfile = _borrow(_Base, "sendfile")
     _sendfile_fallback = _borrow(_Base, "_sendfile_fallback")
-    start_tls = _borrow(_Base, "start_tls")
-    create_unix_connection = _borrow(_Unix, "create_unix_connection")
-    create_unix_server = _borrow(_Unix, "create_unix_server")
 
     # Accepting: one readiness callback per listening socket, which accepts
     # up to `backlog` connections and survives EMFILE/ENFILE by pausing.
@@ -173,7 +238,12 @@ class NetworkMethods:
 
     # Datagram and pipe transports are asyncio's, over ferroloop's readiness.
     def _make_datagram_transport(
-        self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Optional[dict] = None
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        address: Any = None,
+        waiter: Any = None,
+        extra: Optional[dict[str, Any]] = None,
     ) -> "DatagramTransport":
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
     _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
@@ -191,8 +261,22 @@ class NetworkMethods:
 
     # Subprocesses: asyncio's transport over pipes, with the policy's child
     # watcher (3.11) or a pidfd/thread watcher (3.12+), as asyncio picks.
-    subprocess_exec = _borrow(_Base, "subprocess_exec")
-    subprocess_shell = _borrow(_Base, "subprocess_shell")
+    if TYPE_CHECKING:
+        subprocess_exec = events.AbstractEventLoop.subprocess_exec
+        subprocess_shell = events.AbstractEventLoop.subprocess_shell
+    else:
+        subprocess_exec = _borrow(
+            _Base,
+            "subprocess_exec",
+            "Run ``program`` with ``args`` (no shell) in a subprocess, with a "
+            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+        )
+        subprocess_shell = _borrow(
+            _Base,
+            "subprocess_shell",
+            "Run the shell command ``cmd`` in a subprocess, with a protocol "
+            "from ``protocol_factory``: ``(transport, protocol)``.",
+        )
     _log_subprocess = _borrow(_Base, "_log_subprocess")
     _make_subprocess_transport = _borrow(_Unix, "_make_subprocess_transport")
     _child_watcher_callback = _borrow(_Unix, "_child_watcher_callback")
@@ -225,25 +309,35 @@ class NetworkMethods:
             1 for t in pipes if t is not None and t._pipe is not None
         )
 
-    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
+        """Run ``callback(*args)`` whenever ``fd`` (a file descriptor or an
+        object with ``fileno()``) is readable; replaces an earlier reader of
+        ``fd``. Refused for an fd that a transport of the loop owns."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)  # type: ignore[attr-defined]
 
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]) -> None:
+        """Run ``callback(*args)`` whenever ``fd`` is writable; replaces an
+        earlier writer of ``fd``. Refused for an fd a transport owns."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)  # type: ignore[attr-defined]
 
-    def remove_reader(self, fd: Any) -> bool:
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for reading; False if it was not watched."""
         self._ensure_fd_no_transport(fd)
-        return self._remove_reader(fd)  # type: ignore[misc]
+        removed: bool = self._remove_reader(fd)  # type: ignore[misc]  # a Loop is a LoopCore
+        return removed
 
-    def remove_writer(self, fd: Any) -> bool:
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for writing; False if it was not watched."""
         self._ensure_fd_no_transport(fd)
-        return self._remove_writer(fd)  # type: ignore[misc]
+        removed: bool = self._remove_writer(fd)  # type: ignore[misc]  # a Loop is a LoopCore
+        return removed
 
     @property
     def _debug(self) -> bool:
-        return self.get_debug()  # type: ignore[attr-defined]
+        debug: bool = self.get_debug()  # type: ignore[attr-defined]  # a Loop's
+        return debug
 
     def _make_socket_transport(
         self,
@@ -251,7 +345,7 @@ class NetworkMethods:
         protocol: Any,
         waiter: Any = None,
         *,
-        extra: Optional[dict] = None,
+        extra: Optional[dict[str, Any]] = None,
         server: Any = None,
     ) -> StreamTransport:
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]  # private, since 3.6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from asyncio import events
+from typing import TYPE_CHECKING, Optional
 
 from ._loop import Loop
 
@@ -18,16 +19,21 @@ def _base_policy() -> type:
     if sys.platform != "win32":
         from asyncio import unix_events
 
-        unix_policy = getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
+        unix_policy: Optional[type] = getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
         if unix_policy is not None:
             return unix_policy
-    return getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(events, "_BaseDefaultEventLoopPolicy")
+    base: type = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(events, "_BaseDefaultEventLoopPolicy")
+    return base
 
 
-_BasePolicy = _base_policy()
+if TYPE_CHECKING:
+    # What _base_policy() returns on Unix, as typeshed names it.
+    from asyncio import DefaultEventLoopPolicy as _BasePolicy
+else:
+    _BasePolicy = _base_policy()
 
 
-class EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
+class EventLoopPolicy(_BasePolicy):
     """asyncio's default policy, with ferroloop loops.
 
     ``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())`` makes
@@ -35,7 +41,13 @@ class EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
     """
 
     def _loop_factory(self) -> Loop:
-        return Loop()  # type: ignore[abstract]  # the network methods come with issue 3
+        return Loop()
+
+    if TYPE_CHECKING:
+        # asyncio's new_event_loop() returns what _loop_factory() makes.
+        def new_event_loop(self) -> Loop:
+            """A new ferroloop loop."""
+            ...
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__module__}.{self.__class__.__qualname__}>"

@@ -18,7 +18,7 @@ import io
 import os
 import socket
 from asyncio import exceptions
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 try:
     import ssl
@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - Python built without ssl
 
 if TYPE_CHECKING:
     from asyncio import Future
+    from socket import _Address
 
     from ._loop import Loop
 
@@ -52,7 +53,7 @@ def check_socket(loop: "Loop", sock: socket.socket) -> None:
 _NOT_DONE = object()
 
 
-def _complete(fut: "Future", operation: Callable[..., Any], args: tuple = ()) -> None:
+def _complete(fut: "Future[Any]", operation: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
     """Runs the operation for a waiting future and settles the future with
     its result or exception, unless it would block again or is not done."""
     try:
@@ -68,7 +69,7 @@ def _complete(fut: "Future", operation: Callable[..., Any], args: tuple = ()) ->
             fut.set_result(result)
 
 
-def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[["Future"], None]) -> "Future":
+def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[["Future[Any]"], None]) -> "Future[Any]":
     """A future completed by ``retry(fut)``, which runs each time the socket
     is ready; the readiness registration ends with the future."""
     fd = sock.fileno()
@@ -84,7 +85,7 @@ def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[[
 
     handle = add(fd, on_ready)
 
-    def unregister(_: "Future") -> None:
+    def unregister(_: "Future[Any]") -> None:
         # Another operation may have replaced our registration since.
         if not handle.cancelled():
             remove(fd)
@@ -106,7 +107,7 @@ async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, method: s
     return await wait_for(loop, sock, writing, lambda fut: _complete(fut, _call_method, (sock, method, args)))
 
 
-def _call_method(sock: socket.socket, method: str, args: tuple) -> Any:
+def _call_method(sock: socket.socket, method: str, args: tuple[Any, ...]) -> Any:
     return getattr(sock, method)(*args)
 
 
@@ -267,24 +268,26 @@ class SocketMethods:
     for what they do not handle themselves."""
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        return await attempt_io(self, sock, False, "recv", n)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recv", n)  # type: ignore[arg-type, no-any-return]
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        return await attempt_io(self, sock, False, "recv_into", buf)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recv_into", buf)  # type: ignore[arg-type, no-any-return]
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
-        return await attempt_io(self, sock, False, "recvfrom", bufsize)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recvfrom", bufsize)  # type: ignore[arg-type, no-any-return]
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple[int, Any]:
-        return await attempt_io(self, sock, False, "recvfrom_into", buf, nbytes or len(buf))  # type: ignore[arg-type]
+        return await attempt_io(self, sock, False, "recvfrom_into", buf, nbytes or len(buf))  # type: ignore[arg-type, no-any-return]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         await sendall(self, sock, data)  # type: ignore[arg-type]
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
-        return await attempt_io(self, sock, True, "sendto", data, address)  # type: ignore[arg-type]
+        return await attempt_io(self, sock, True, "sendto", data, address)  # type: ignore[arg-type, no-any-return]
 
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+    async def sock_connect(self, sock: socket.socket, address: _Address) -> None:
+        """Connect a non-blocking socket to ``address`` (a host name is
+        resolved first, as asyncio does)."""
         await connect(self, sock, address)  # type: ignore[arg-type]
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
@@ -293,8 +296,17 @@ class SocketMethods:
         return conn, address
 
     async def sock_sendfile(
-        self, sock: socket.socket, file: Any, offset: int = 0, count: Optional[int] = None, *, fallback: bool = True
+        self,
+        sock: socket.socket,
+        file: IO[bytes],
+        offset: int = 0,
+        count: Optional[int] = None,
+        *,
+        fallback: Optional[bool] = True,
     ) -> int:
+        """Send a file (opened in binary mode) over a stream socket with
+        ``os.sendfile``, or, when that is not possible and ``fallback`` is
+        true, by reading and sending it; returns the bytes sent."""
         return await sendfile(self, sock, file, offset, count, fallback)  # type: ignore[arg-type]
 
 

@@ -16,11 +16,43 @@ import sys
 import time
 import traceback
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, TypedDict, cast
 
 logger = logging.getLogger("ferroloop")
 
-StallCallback = Callable[[dict], None]
+
+class StallRecord(TypedDict):
+    """A stall watchdog report: what ``Loop.enable_watchdog``'s callback
+    receives, and ``Loop.diagnostics()["stall"]``.
+
+    Each stall gives two records: ``"stall"`` once the callback has run for
+    the threshold, while it still runs, and ``"stall_end"`` when it returns,
+    which repeats the first record's keys with the total duration.
+    """
+
+    event: Literal["stall", "stall_end"]
+    """``"stall"`` while the callback still runs, ``"stall_end"`` after."""
+    duration: float
+    """Seconds the callback had run when reported (its total at the end)."""
+    threshold: float
+    """The watchdog's threshold in seconds."""
+    task: Optional[str]
+    """Name of the task whose step stalls, None for a plain callback."""
+    coroutine: Optional[str]
+    """Qualified name of that task's coroutine."""
+    coroutine_location: Optional[str]
+    """``file:line`` where that coroutine is suspended or running."""
+    stack: list[tuple[str, Optional[int], str, Optional[str]]]
+    """The loop thread's stack from the callback down, most recent call
+    last: ``(filename, lineno, function, source line)``."""
+    thread_id: Optional[int]
+    """``threading.get_ident()`` of the loop's thread."""
+    reported_at: float
+    """When the record was made, on ``time.monotonic()``'s clock."""
+
+
+# What the callback returns is ignored.
+StallCallback = Callable[[StallRecord], object]
 
 ENV_VARIABLE = "FERROLOOP_WATCHDOG"
 TRACK_TASKS_VARIABLE = "FERROLOOP_TRACK_TASKS"
@@ -82,10 +114,10 @@ class StallReporter:
         self.callback = callback
         self.track_tasks = track_tasks
         self.stalls = 0
-        self._stall: Optional[dict] = None
+        self._stall: Optional[StallRecord] = None
 
     @property
-    def current_stall(self) -> Optional[dict]:
+    def current_stall(self) -> Optional[StallRecord]:
         """The stall being reported right now, if any (for the live view)."""
         return self._stall
 
@@ -98,14 +130,18 @@ class StallReporter:
             self._stall = record
             self.stalls += 1
         else:
-            record = dict(self._stall or {}, event="stall_end", duration=seconds, reported_at=time.monotonic())
+            # The stall's record, with the end's event, duration and time (the
+            # stall was described first, unless describing it failed).
+            record = cast(
+                StallRecord, dict(self._stall or {}, event="stall_end", duration=seconds, reported_at=time.monotonic())
+            )
             self._stall = None
         logger.warning("%s", format_record(record))
         if self.callback is not None:
             self.callback(record)
 
-    def _describe_stall(self, loop: asyncio.AbstractEventLoop, seconds: float) -> dict:
-        thread_id = getattr(loop, "_thread_id", None)
+    def _describe_stall(self, loop: asyncio.AbstractEventLoop, seconds: float) -> StallRecord:
+        thread_id: Optional[int] = getattr(loop, "_thread_id", None)
         frame = sys._current_frames().get(thread_id) if thread_id is not None else None
         stack = _callback_frames(frame) if frame is not None else traceback.StackSummary()
         task = asyncio.current_task(loop)
@@ -123,7 +159,7 @@ class StallReporter:
         }
 
 
-def format_record(record: dict) -> str:
+def format_record(record: StallRecord) -> str:
     """The log text of one watchdog record."""
     where = ""
     if record.get("task") is not None:
