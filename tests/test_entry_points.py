@@ -58,6 +58,7 @@ def test_install_makes_asyncio_run_use_ferroloop():
         loop.close()
     finally:
         asyncio.set_event_loop_policy(previous)
+        ferroloop._takeover.uninstall()
 
 
 def test_debug_mode_from_environment():

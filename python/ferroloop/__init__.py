@@ -11,17 +11,21 @@ or, for any asyncio program: ``python -m ferroloop app.py [args]``.
 from __future__ import annotations
 
 import asyncio as _asyncio
-import sys as _sys
 import warnings as _warnings
 from typing import Any, Coroutine, Optional, TypeVar
 
 from ._native import Handle, TimerHandle, __version__
 from ._loop import Loop
-from ._metrics import openmetrics_text
+from ._metrics import LoopMetrics, openmetrics_text
+from ._monitor import LoopDiagnostics, TaskInfo
 from ._policy import EventLoopPolicy
+from ._watchdog import StallRecord
 
 Loop.__module__ = __name__
 EventLoopPolicy.__module__ = __name__
+for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, StallRecord):
+    _typed_dict.__module__ = __name__
+del _typed_dict
 
 __all__ = [
     "Loop",
@@ -32,6 +36,10 @@ __all__ = [
     "install",
     "run",
     "openmetrics_text",
+    "LoopMetrics",
+    "LoopDiagnostics",
+    "TaskInfo",
+    "StallRecord",
     "__version__",
 ]
 
@@ -40,16 +48,25 @@ _T = TypeVar("_T")
 
 def new_event_loop() -> Loop:
     """A new ferroloop event loop (usable as ``loop_factory``)."""
-    return Loop()  # type: ignore[abstract]  # the network methods come with issue 3
+    return Loop()
 
 
 def install() -> None:
-    """Make asyncio create ferroloop loops (sets the event loop policy)."""
+    """Make asyncio create ferroloop loops (sets the event loop policy).
+
+    The servers that choose their loop themselves instead of asking asyncio
+    (uvicorn, Sanic, granian) are made to choose ferroloop too, unless told
+    to use another loop; a loop of another kind that runs anyway is reported
+    once on stderr, with the library that started it.
+    """
     with _warnings.catch_warnings():
         # Policies are deprecated from 3.14 on, but remain the way to make
         # an unmodified program's asyncio.run() use another loop.
         _warnings.simplefilter("ignore", DeprecationWarning)
         _asyncio.set_event_loop_policy(EventLoopPolicy())
+    from . import _takeover
+
+    _takeover.install()
 
 
 def run(
@@ -66,23 +83,25 @@ def run(
     without it, ``FERROLOOP_WATCHDOG=<milliseconds>`` is honoured.
     """
 
+    import sys  # by this name, so that type checkers see the version test
+
     def loop_factory() -> Loop:
         loop = new_event_loop()
         if watchdog is not None:
             loop.enable_watchdog(watchdog)
         return loop
 
-    if _sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11):
         with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
             return runner.run(main)
     # 3.10 has no Runner: swap the policy in for the duration of the call.
     previous = _asyncio.get_event_loop_policy()
     policy = EventLoopPolicy()
-    policy._loop_factory = loop_factory  # type: ignore[method-assign]
+    policy._loop_factory = loop_factory  # type: ignore[method-assign, unused-ignore]  # checked for 3.10 only
     _asyncio.set_event_loop_policy(policy)
     try:
         # asyncio.run leaves the debug setting alone when debug is None (so
         # PYTHONASYNCIODEBUG and -X dev apply).
-        return _asyncio.run(main, debug=debug, **run_kwargs)  # type: ignore[arg-type]
+        return _asyncio.run(main, debug=debug, **run_kwargs)
     finally:
         _asyncio.set_event_loop_policy(previous)

@@ -116,7 +116,10 @@ def _run_code(code: str, arguments: list[str], argv0: str = "-c", filename: str 
 
 def _run_script(script: str, arguments: list[str]) -> None:
     if not os.path.exists(script):
-        sys.stderr.write(f"{sys.executable}: can't open file {os.path.abspath(script)!r}: [Errno 2] No such file or directory\n")
+        # python names itself as it was invoked here (runpy, for -m, uses
+        # sys.executable).
+        program = getattr(sys, "orig_argv", [sys.executable])[0]
+        sys.stderr.write(f"{program}: can't open file {os.path.abspath(script)!r}: [Errno 2] No such file or directory\n")
         raise SystemExit(2)
     sys.argv = [script, *arguments]
     # As `python script.py` does: the script's directory comes first on sys.path.
@@ -144,6 +147,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if first in ("-m", "-c") and not arguments:
         _usage_error(f"argument {first} needs a value")
     ferroloop.install()
+    # Child processes (a server's workers, started with spawn or
+    # forkserver) install ferroloop at start-up too: ferroloop.pth in
+    # site-packages reads this.
+    os.environ["FERROLOOP_INSTALL"] = "1"
     if first == "-m":
         _run_module(arguments[0], arguments[1:])
     elif first == "-c":
