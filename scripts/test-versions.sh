@@ -15,7 +15,7 @@ for python in "$@"; do
     venv="$venvs/$version"
     echo "== Python $version ($python)"
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" prometheus_client aiohttp uvicorn httptools httpx websockets asyncpg redis
+    "$venv/bin/pip" install -q --disable-pip-version-check "maturin>=1.5,<2" -r scripts/test-requirements.txt
     CARGO_TARGET_DIR="target/py$version" "$venv/bin/pip" install -q --disable-pip-version-check \
         --no-build-isolation --force-reinstall --no-deps .
     (cd tests && "$venv/bin/python" -m pytest -q -p no:cacheprovider .) || status=1

@@ -30,9 +30,9 @@ venv_install_ferroloop() {
     local log status
     log=$(mktemp)
     set +e
-    # pip -v passes cargo's progress through; only the milestones are shown.
+    # pip -v passes cargo's progress through; one line per crate compiled is shown.
     "$VENV_PYTHON" -m pip install -v --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps . 2>&1 \
-        | tee "$log" | grep -E --line-buffered "^ *(Compiling ferroloop|Finished|Successfully installed)"
+        | tee "$log" | grep -E --line-buffered "^ *(Compiling|Finished|Successfully installed)"
     status=${PIPESTATUS[0]}
     set -e
     if [ "$status" -ne 0 ]; then
