@@ -406,6 +406,7 @@ impl LoopCore {
         })
     }
 
+    /// The loop's clock: `time.monotonic()`, in seconds.
     fn time(&self) -> f64 {
         clock::monotonic()
     }
@@ -425,6 +426,7 @@ impl LoopCore {
         Self::schedule_soon(slf, callback, args, context)
     }
 
+    /// Like `call_soon`, from any thread: wakes the loop if it is waiting in poll.
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
@@ -459,18 +461,22 @@ impl LoopCore {
         Self::schedule_timer(slf, &when, false, callback, args, context)
     }
 
+    /// Stops `run_forever` after the callbacks already due in this iteration.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// True while `run_forever` or `run_until_complete` runs.
     fn is_running(&self) -> bool {
         self.running_thread.load(Ordering::Relaxed) != 0
     }
 
+    /// True once `close()` has been called.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
+    /// Whether debug mode is on: the value `set_debug` was given.
     fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
         if self.has_debug_value.load(Ordering::Relaxed) {
             if let Some(value) = lock(&self.debug_value).as_ref() {
@@ -672,6 +678,7 @@ impl LoopCore {
         Self::remove_watch(slf, &fd, Direction::Write)
     }
 
+    /// A new `asyncio.Future` attached to this loop.
     fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         Ok(slf.get().new_future(slf)?.unbind())
     }
@@ -681,26 +688,32 @@ impl LoopCore {
         let _ = self.transport_table.set(table.unbind());
     }
 
+    /// Receives up to `n` bytes from a non-blocking socket, waiting until some arrive.
     fn sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_recv(slf, sock, n)
     }
 
+    /// Receives into a writable buffer, waiting until data arrives; returns the byte count.
     fn sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_recv_into(slf, sock, buf)
     }
 
+    /// Sends all of `data`, waiting while the socket is full.
     fn sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_sendall(slf, sock, data)
     }
 
+    /// Accepts a connection on a listening non-blocking socket: `(conn, address)`, `conn` non-blocking.
     fn sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_method(slf, &SOCK_ACCEPT, sock, vec![])
     }
 
+    /// Receives a datagram of up to `bufsize` bytes: `(data, address)`.
     fn sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_method(slf, &SOCK_RECVFROM, sock, vec![bufsize.clone()])
     }
 
+    /// Receives a datagram into a buffer (`nbytes`: 0 for all of it): `(nbytes, address)`.
     #[pyo3(signature = (sock, buf, nbytes=None))]
     fn sock_recvfrom_into(
         slf: &Bound<'_, Self>,
@@ -711,6 +724,7 @@ impl LoopCore {
         sock_calls::sock_recvfrom_into(slf, sock, buf, nbytes)
     }
 
+    /// Sends a datagram to `address`; returns the number of bytes sent.
     fn sock_sendto(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -720,6 +734,7 @@ impl LoopCore {
         sock_calls::sock_method(slf, &SOCK_SENDTO, sock, vec![data.clone(), address.clone()])
     }
 
+    /// Wraps a coroutine in an `asyncio.Task` on this loop (through the task factory, if one is set); `name` and `context` as in asyncio.
     #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
     fn create_task(
         slf: &Bound<'_, Self>,
@@ -796,6 +811,7 @@ impl LoopCore {
             .map(|site| (site.filename, site.line, site.function, site.created_ns as f64 / 1e9)))
     }
 
+    /// Sets the callable `create_task` uses, `factory(loop, coro, **kwargs)`, or None for asyncio's Task.
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
@@ -808,6 +824,7 @@ impl LoopCore {
         Ok(())
     }
 
+    /// The task factory `set_task_factory` installed, or None.
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         lock(&self.task_factory).as_ref().map(|f| f.clone_ref(py))
     }
