@@ -2142,3 +2142,30 @@ def test_streams_over_tls(run, family, sockdir):
             await writer.wait_closed()
 
     run(main)
+
+
+def test_tcp_nodelay_is_set_on_a_transport_made_from_a_users_socket() -> None:
+    """asyncio skips a socket whose proto is 0 (a plain socket.socket());
+    ferroloop sets TCP_NODELAY on every TCP transport, as uvloop does."""
+    async def connect() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        user_socket = socket.socket()  # proto 0
+        user_socket.setblocking(False)
+        await loop.sock_connect(user_socket, listener.getsockname())
+        accepted, _ = await loop.sock_accept(listener)
+        client, _ = await loop.create_connection(asyncio.Protocol, sock=user_socket)
+        server, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+        flags = tuple(
+            t.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            for t in (client, server)
+        )
+        client.close()
+        server.close()
+        listener.close()
+        await asyncio.sleep(0)
+        return flags  # type: ignore[return-value]
+
+    client_flag, server_flag = run_with_loop(ferroloop.new_event_loop, connect())
+    assert client_flag != 0 and server_flag != 0

@@ -144,6 +144,16 @@ def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> di
     return info
 
 
+def _set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on every TCP stream transport, as uvloop does. asyncio
+    sets it only when the socket's proto is IPPROTO_TCP, which leaves out a
+    user's `socket.socket()` (proto 0) handed to create_connection(sock=...)
+    or connect_accepted_socket."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        if sock.proto in (0, socket.IPPROTO_TCP):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class NetworkMethods:
     """The network half of the loop API."""
 
@@ -348,7 +358,7 @@ class NetworkMethods:
         extra: Optional[dict[str, Any]] = None,
         server: Any = None,
     ) -> StreamTransport:
-        base_events._set_nodelay(sock)  # type: ignore[attr-defined]  # private, since 3.6
+        _set_nodelay(sock)
         # A protocol without it fails here with asyncio's AttributeError,
         # before anything is made: no half-made transport is left to close
         # the socket when it is collected, and a transport already on the
