@@ -3,7 +3,7 @@ their requests on ferroloop. Each app answers with the class of the loop
 serving the request and the process id, so workers in child processes
 (spawned or forked by the server) are checked too.
 
-The servers are real (uvicorn, gunicorn with uvicorn's worker, hypercorn,
+The servers are real (uvicorn, gunicorn with uvicorn's worker, hypercorn, aiohttp,
 Sanic, granian), installed by the test command; uvloop is installed too, so
 that a server's "auto" choice would pick it if ferroloop did not step in.
 """
@@ -50,6 +50,17 @@ async def index(request):
     return text(f"{type(loop).__module__}.{type(loop).__qualname__} {os.getpid()}")
 """
 
+AIOHTTP_APP = """
+import asyncio, os, sys
+from aiohttp import web
+async def index(request):
+    loop = asyncio.get_running_loop()
+    return web.Response(text=f"{type(loop).__module__}.{type(loop).__qualname__} {os.getpid()}")
+app = web.Application()
+app.router.add_get("/", index)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"""
+
 FERROLOOP = [sys.executable, "-m", "ferroloop"]
 
 
@@ -63,6 +74,7 @@ def free_port() -> int:
 def apps(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "asgi_app.py").write_text(ASGI_APP)
     (tmp_path / "sanic_app.py").write_text(SANIC_APP)
+    (tmp_path / "aiohttp_app.py").write_text(AIOHTTP_APP)
     yield tmp_path
 
 
@@ -193,4 +205,10 @@ def test_granian_under_python_m_ferroloop(apps: Path) -> None:
     port = free_port()
     command = [*FERROLOOP, "-m", "granian", "--interface", "asgi", "--port", str(port), "asgi_app:app"]
     answers, stderr = serve(command, port, apps)
+    assert_on_ferroloop(answers, stderr)
+
+
+def test_aiohttp_run_app_under_python_m_ferroloop(apps: Path) -> None:
+    port = free_port()
+    answers, stderr = serve([*FERROLOOP, "aiohttp_app.py", str(port)], port, apps)
     assert_on_ferroloop(answers, stderr)
