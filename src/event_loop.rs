@@ -764,17 +764,27 @@ impl LoopCore {
                 }
                 pyrefs::get(py)?.task_type.bind(py).call((&coro,), Some(&call_kwargs))?
             }
+            // How asyncio hands the name to a task factory changed twice.
+            Some(factory) if py.version_info() >= (3, 13, 3) => {
+                // The factory gets it as a keyword, like the context.
+                if let Some(name) = &name {
+                    call_kwargs.set_item(intern!(py, "name"), name)?;
+                }
+                let kwargs = if call_kwargs.is_empty() { None } else { Some(&call_kwargs) };
+                factory.bind(py).call((slf, &coro), kwargs)?
+            }
             Some(factory) => {
                 let kwargs = if call_kwargs.is_empty() { None } else { Some(&call_kwargs) };
                 let task = factory.bind(py).call((slf, &coro), kwargs)?;
-                if let Some(name) = &name {
-                    if py.version_info() < (3, 13) {
-                        // asyncio's helper: a task without set_name only
-                        // gets a DeprecationWarning before 3.13.
-                        py.import(intern!(py, "asyncio.tasks"))?.call_method1(intern!(py, "_set_task_name"), (&task, name))?;
-                    } else {
-                        task.call_method1(intern!(py, "set_name"), (name,))?;
-                    }
+                if py.version_info() >= (3, 13) {
+                    // 3.13.0-3.13.2 call set_name(name) on the result,
+                    // even with no name given.
+                    let name = name.as_ref().map_or_else(|| py.None().into_bound(py), Bound::clone);
+                    task.call_method1(intern!(py, "set_name"), (name,))?;
+                } else if let Some(name) = &name {
+                    // asyncio's helper: a task without set_name only gets a
+                    // DeprecationWarning before 3.13.
+                    py.import(intern!(py, "asyncio.tasks"))?.call_method1(intern!(py, "_set_task_name"), (&task, name))?;
                 }
                 task
             }

@@ -404,8 +404,8 @@ def test_a_second_transport_that_fails_to_start_leaves_the_first_one_working() -
         transport, _ = await loop.connect_accepted_socket(Receiver, a)
         try:
             await loop.connect_accepted_socket(lambda: 1, a)  # type: ignore[arg-type,return-value]
-        except AttributeError as exc:
-            error = str(exc)
+        except (AttributeError, RuntimeError) as exc:
+            error = type(exc).__name__
         b.send(b"still here")
         data = await asyncio.wait_for(received, 2)
         transport.close()
@@ -414,7 +414,10 @@ def test_a_second_transport_that_fails_to_start_leaves_the_first_one_working() -
         return error, data
 
     results = {name: run_with_loop(factory, exchange()) for name, factory in LOOPS.items()}
-    assert results["ferroloop"] == results["asyncio"] == ("'int' object has no attribute 'connection_made'", b"still here")
+    # Since 3.12 asyncio refuses a socket another transport owns before it
+    # looks at the protocol.
+    refused = "RuntimeError" if sys.version_info >= (3, 12) else "AttributeError"
+    assert results["ferroloop"] == results["asyncio"] == (refused, b"still here")
 
 
 @pytest.mark.parametrize("lines", [None, [1], ["x"], 5])
@@ -519,7 +522,12 @@ def test_a_task_factory_that_returns_no_task(debug: bool) -> None:
             named = outcome(lambda: loop.create_task(coro(), name="n"))
         return [outcome(lambda: loop.create_task(coro())), named, outcome(lambda: loop.run_until_complete(coro()))]
 
-    assert assert_same(scenario)[2] == ("AttributeError", "'int' object has no attribute '_log_destroy_pending'")
+    outcomes = assert_same(scenario)
+    if (3, 13) <= sys.version_info < (3, 13, 3):
+        # These call set_name(name) on whatever the factory returned.
+        assert outcomes[0] == ("AttributeError", "'int' object has no attribute 'set_name'")
+    else:
+        assert outcomes[2] == ("AttributeError", "'int' object has no attribute '_log_destroy_pending'")
 
 
 def test_an_exception_handler_interrupting_a_transport_read_is_retried_on_the_next_run() -> None:

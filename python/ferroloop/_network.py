@@ -144,6 +144,11 @@ def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> di
     return info
 
 
+# Since 3.12 asyncio refuses to make a transport on a socket another
+# (open) transport owns, with the RuntimeError of _ensure_fd_no_transport.
+_TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
+
+
 def _set_nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY on every TCP stream transport, as uvloop does. asyncio
     sets it only when the socket's proto is IPPROTO_TCP, which leaves out a
@@ -255,6 +260,8 @@ class NetworkMethods:
         waiter: Any = None,
         extra: Optional[dict[str, Any]] = None,
     ) -> "DatagramTransport":
+        if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
+            self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
     _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
     _make_unix_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
@@ -358,6 +365,8 @@ class NetworkMethods:
         extra: Optional[dict[str, Any]] = None,
         server: Any = None,
     ) -> StreamTransport:
+        if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
+            self._ensure_fd_no_transport(sock)
         _set_nodelay(sock)
         # A protocol without it fails here with asyncio's AttributeError,
         # before anything is made: no half-made transport is left to close
