@@ -112,6 +112,11 @@ DOCUMENTED_DIFFERENCES: dict[str, str] = {
     # loop as it was, as asyncio up to 3.12 does.
     r"^asyncio: .*the step had not finished.*Exception in callback World\.cb_reenter_forever\(":
         "a re-entrant run_forever leaves the running loop as it was",
+    # Since 3.12 asyncio's writelines() buffers what it cannot send without
+    # checking the high-water mark: the protocol is never paused. ferroloop's
+    # applies flow control as write() does (and asyncio up to 3.11).
+    r"^!! transport\.writelines\(.*\nasyncio: (?!.*pause_writing).*\nferroloop: .*\.pause_writing":
+        "writelines applies flow control",
     # A protocol without connection_made: asyncio has made the transport by
     # then, and that half-made transport closes the socket when it is
     # collected (until then, it is the socket's transport, and remove_writer
