@@ -177,3 +177,13 @@ def test_cli_ps_checks_its_pid():
     result = _cli("ps", "abc")
     assert result.returncode == 2
     assert "not a process id: 'abc'" in result.stderr
+
+
+def test_cli_usage_errors_exit_2_and_ps_names_a_process_that_is_gone():
+    assert _cli("-x").returncode == 2
+    assert _cli("-m").returncode == 2
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    result = _cli("ps", str(gone.pid))
+    assert result.returncode == 1
+    assert f"process {gone.pid} is not running" in result.stderr

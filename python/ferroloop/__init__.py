@@ -6,6 +6,9 @@
     ferroloop.install()                        # asyncio.run() uses ferroloop
 
 or, for any asyncio program: ``python -m ferroloop app.py [args]``.
+
+PYTEST_DONT_REWRITE: the package carries a pytest plugin, and under
+``python -m ferroloop -m pytest`` it is imported before pytest starts.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ import ferroloop
 
 USAGE = """\
 usage: python -m ferroloop [--version] [-h] (script | -m module | -c code) [args ...]
-       python -m ferroloop (ps | top) PID [--socket PATH] [--interval SECONDS]
+       python -m ferroloop ps PID [--socket PATH]
+       python -m ferroloop top PID [--socket PATH] [--interval SECONDS]
 
 Run an asyncio program on the ferroloop event loop: every loop the program
 asks asyncio for is a ferroloop loop. Arguments after the script, the
@@ -42,7 +43,8 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m ferroloop {command}")
     parser.add_argument("pid", type=_pid, help="process running ferroloop with FERROLOOP_MONITOR set")
     parser.add_argument("--socket", help="monitor socket path (default: the per-user path for PID)")
-    parser.add_argument("--interval", type=float, default=1.0, help="top: seconds between refreshes")
+    if command == "top":
+        parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     options = parser.parse_args(arguments)
     try:
         if command == "ps":
@@ -53,13 +55,25 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
             sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S  ") + text + "\n")
             sys.stdout.flush()
             time.sleep(options.interval)
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ValueError):
+        if not _running(options.pid):
+            raise SystemExit(f"python -m ferroloop {command}: process {options.pid} is not running") from None
         raise SystemExit(
             f"python -m ferroloop {command}: no monitor for pid {options.pid} "
             "(start the program with FERROLOOP_MONITOR=1)"
         ) from None
     except KeyboardInterrupt:
         pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _pid(text: str) -> int:
@@ -69,8 +83,10 @@ def _pid(text: str) -> int:
 
 
 def _usage_error(message: str) -> NoReturn:
+    # As python and argparse do: the usage, the error, exit status 2.
     sys.stderr.write(USAGE.split("\n\n", 1)[0] + "\n")
-    raise SystemExit(f"python -m ferroloop: error: {message}")
+    sys.stderr.write(f"python -m ferroloop: error: {message}\n")
+    raise SystemExit(2)
 
 
 def _own_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:

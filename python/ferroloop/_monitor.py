@@ -293,6 +293,9 @@ def query(pid: int, request: str = "ps", path: Optional[str] = None, timeout: fl
             if not chunk:
                 break
             chunks.append(chunk)
+    if not chunks:
+        # The process accepted and went away (it is exiting).
+        raise ConnectionResetError(f"the monitor of pid {pid} closed without answering")
     state: dict[str, Any] = json.loads(b"".join(chunks))
     return state
 
