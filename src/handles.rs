@@ -123,7 +123,16 @@ impl HandleCore {
         }
         if let (Some(callback), Some(args)) = (self.callback(py), self.args(py)) {
             let refs = pyrefs::get(py)?;
-            let source = refs.format_callback_source.bind(py).call1((callback, args))?;
+            let format = refs.format_callback_source.bind(py);
+            let source = if refs.format_callback_takes_debug {
+                // asyncio passes the loop's get_debug() as it is.
+                let debug = self.loop_obj.bind(py).call_method0(pyo3::intern!(py, "get_debug"))?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
+                format.call((callback, args), Some(&kwargs))?
+            } else {
+                format.call1((callback, args))?
+            };
             info.push(source.str()?.to_string());
         }
         if let Some(tb) = &self.source_traceback {

@@ -10,6 +10,8 @@ pub struct PyRefs {
     pub loop_keyword: Py<PyTuple>,
     pub task_type: Py<PyAny>,
     pub format_callback_source: Py<PyAny>,
+    /// It takes `debug=` (3.13+: without it, arguments show as `()`).
+    pub format_callback_takes_debug: bool,
     pub iscoroutine: Py<PyAny>,
     pub iscoroutinefunction: Py<PyAny>,
     /// `ferroloop._glue.extract_source_traceback`: the creation stack of a
@@ -30,6 +32,11 @@ pub fn get(py: Python<'_>) -> PyResult<&'static PyRefs> {
             loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
             format_callback_source: format_helpers.getattr("_format_callback_source")?.unbind(),
+            format_callback_takes_debug: py
+                .import("inspect")?
+                .call_method1("signature", (format_helpers.getattr("_format_callback_source")?,))?
+                .getattr("parameters")?
+                .contains("debug")?,
             iscoroutine: coroutines.getattr("iscoroutine")?.unbind(),
             iscoroutinefunction: coroutines.getattr("iscoroutinefunction")?.unbind(),
             extract_source_traceback: glue.getattr("extract_source_traceback")?.unbind(),
