@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: builds and installs ferroloop into the project virtual
 # environment (.venv, see scripts/venv.sh), then the Rust unit tests, CPython's
-# own asyncio tests on ferroloop, the pytest suite, and one manylinux2014
-# wheel. Ends with one verdict line.
+# own asyncio tests and uvloop's on ferroloop, the pytest suite, and one
+# manylinux2014 wheel. Ends with one verdict line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
@@ -32,6 +32,9 @@ step "cargo test" env LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PA
 step "CPython test_asyncio (core and network modules) on ferroloop" \
     "$VENV_PYTHON" tests/conformance/run_cpython_asyncio.py --loop ferroloop --group all
 
+step "uvloop's own tests (from its sdist) on ferroloop" \
+    "$VENV_PYTHON" tests/conformance/run_uvloop_tests.py
+
 # Run from tests/ so that `import ferroloop` is the installed package.
 step "pytest" bash -c 'cd tests && "$0" -m pytest -q -p no:cacheprovider .' "$VENV_PYTHON"
 
@@ -41,7 +44,7 @@ step "manylinux2014 wheel for $("${PYTHON:-python3}" -c 'import sys; print("CPyt
     bash scripts/build-wheels.sh "$(command -v "${PYTHON:-python3}")"
 
 if [ ${#failed[@]} -eq 0 ]; then
-    echo "== verdict: PASS (cargo test, CPython test_asyncio, pytest, wheel)"
+    echo "== verdict: PASS (cargo test, CPython test_asyncio, uvloop's tests, pytest, wheel)"
 else
     echo "== verdict: FAIL ($(IFS=,; echo "${failed[*]}" | sed 's/,/, /g'))"
     exit 1
