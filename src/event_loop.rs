@@ -297,7 +297,8 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        if time.is_none() {
+        // 3.11 added these checks; before, None fails the arithmetic below.
+        if time.is_none() && slf.py().version_info() >= (3, 11) {
             let message = if relative { "delay must not be None" } else { "when cannot be None" };
             return Err(PyTypeError::new_err(message));
         }
@@ -745,9 +746,13 @@ impl LoopCore {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed()?;
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
+        if context.is_some() && py.version_info() < (3, 11) {
+            // 3.10's create_task has no such parameter.
+            return Err(PyTypeError::new_err("BaseEventLoop.create_task() got an unexpected keyword argument 'context'"));
+        }
+        this.check_closed()?;
         let factory = lock(&this.task_factory).as_ref().map(|f| f.clone_ref(py));
         let call_kwargs = match kwargs {
             Some(extra) => extra.copy()?,
