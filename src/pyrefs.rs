@@ -27,16 +27,18 @@ pub fn get(py: Python<'_>) -> PyResult<&'static PyRefs> {
         let format_helpers = py.import("asyncio.format_helpers")?;
         let coroutines = py.import("asyncio.coroutines")?;
         let glue = py.import("ferroloop._glue")?;
+        let format_callback_source = format_helpers.getattr("_format_callback_source")?;
+        let format_callback_takes_debug = py
+            .import("inspect")?
+            .call_method1("signature", (&format_callback_source,))?
+            .getattr("parameters")?
+            .contains("debug")?;
         Ok(PyRefs {
             future_type: asyncio.getattr("Future")?.unbind(),
             loop_keyword: PyTuple::new(py, ["loop"])?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
-            format_callback_source: format_helpers.getattr("_format_callback_source")?.unbind(),
-            format_callback_takes_debug: py
-                .import("inspect")?
-                .call_method1("signature", (format_helpers.getattr("_format_callback_source")?,))?
-                .getattr("parameters")?
-                .contains("debug")?,
+            format_callback_source: format_callback_source.unbind(),
+            format_callback_takes_debug,
             iscoroutine: coroutines.getattr("iscoroutine")?.unbind(),
             iscoroutinefunction: coroutines.getattr("iscoroutinefunction")?.unbind(),
             extract_source_traceback: glue.getattr("extract_source_traceback")?.unbind(),

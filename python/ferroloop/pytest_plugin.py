@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import warnings
 from typing import TYPE_CHECKING, Optional
 
@@ -86,11 +85,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         asyncio.set_event_loop_policy(previous)
-    # install() may also have made the servers that pick their own loop
-    # pick ferroloop (ferroloop._takeover): undo what of that can be undone.
-    uninstall = getattr(sys.modules.get("ferroloop._takeover"), "uninstall", None)
-    if uninstall is not None:
-        uninstall()
+    # install() also made the servers that pick their own loop pick
+    # ferroloop: undo what of that can be undone.
+    from ferroloop import _takeover
+
+    _takeover.uninstall()
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[str]:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import shutil
@@ -28,6 +26,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from child_processes import innermost_frame, kill_group, signal_name
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "cpython_harness.py"
@@ -116,31 +116,6 @@ class SuiteRun:
 # Running one suite on one loop
 # ---------------------------------------------------------------------------
 
-FRAME_RE = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-
-
-def innermost_frame(log_text: str, marker: str) -> str:
-    """First frame of the last faulthandler dump after `marker` (main thread)."""
-    start = log_text.rfind(marker)
-    if start < 0:
-        return ""
-    for line in log_text[start:].splitlines():
-        match = FRAME_RE.match(line)
-        if match:
-            return f"{os.path.basename(match['file'])}:{match['line']} in {match['func']}"
-    return ""
-
-
-def signal_name(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            pass
-        return f"signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 class ChildWatch:
     """Follows one child: its JSON-lines events, its log, its deadlines."""
 
@@ -188,16 +163,6 @@ class ChildWatch:
             self.unavailable = event["error"]
         elif kind == "hello":
             self.hello = event
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # The child leads its own session; its group holds only what it spawned
-    # (process pools, subprocess tests), all of which must go with it.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def run_suite(loop: str, suite: Suite, opts: argparse.Namespace, log_dir: Path) -> SuiteRun:

@@ -79,9 +79,7 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -91,6 +89,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from child_processes import innermost_frame, kill_group, signal_name
 
 HERE = Path(__file__).resolve()
 
@@ -627,41 +627,10 @@ class FileRun:
                 self.count("skipped")]
 
 
-FRAME_RE = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-
-
-def innermost_frame(text: str, marker: str) -> str:
-    start = text.rfind(marker)
-    if start < 0:
-        return ""
-    for line in text[start:].splitlines():
-        m = FRAME_RE.match(line)
-        if m:
-            return f"{os.path.basename(m['file'])}:{m['line']} in {m['func']}"
-    return ""
-
-
-def exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
-
-
 # Each child leads its own process group, which holds only what it spawned
 # (process pools, the tests' subprocesses): all of it goes when it is killed.
 OWN_GROUP: dict[str, Any] = (
     {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
-
-
-def kill_group(proc: subprocess.Popen[Any]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def child_env(opts: argparse.Namespace) -> dict[str, str]:
@@ -759,7 +728,7 @@ def run_file(loop: str, file: str, opts: argparse.Namespace, only: list[str] | N
                           + (f" (stuck at {frame})" if frame else ""))
             else:
                 frame = innermost_frame(text, "Fatal Python error")
-                reason = f"CRASH: child died with {exit_text(proc.returncode)}" + (
+                reason = f"CRASH: child died with {signal_name(proc.returncode)}" + (
                     f" at {frame}" if frame else "")
             run.tests[current] = {"id": current, "outcome": "error", "reason": reason,
                                   "where": "", "traceback": text[-4000:], "duration": 0.0,
@@ -771,7 +740,7 @@ def run_file(loop: str, file: str, opts: argparse.Namespace, only: list[str] | N
             break
         if not current:
             run.status = "aborted"
-            run.note = f"child ended with {exit_text(proc.returncode)} outside a test; see {log}"
+            run.note = f"child ended with {signal_name(proc.returncode)} outside a test; see {log}"
             break
         if attempt > MAX_RESTARTS:
             run.status, run.note = "aborted", f"gave up after {attempt} restarts"
