@@ -27,11 +27,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use crate::thread_exit;
-use crate::buffers::{with_bytes, with_writable_bytes};
+use crate::support::thread_exit;
+use crate::support::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::LoopCore;
-use crate::poller::{Direction, Watcher};
-use crate::sync::lock;
+use crate::readiness::{Direction, Watcher};
+use crate::support::sync::lock;
 use crate::transports::read_bytes::{with_read_scratch, MAX_READ};
 use crate::transports::syscalls::{self, os_error, Progress};
 
@@ -407,7 +407,7 @@ impl SockCall {
         let event_loop = this.event_loop.bind(py);
         let core = event_loop.get();
         if core.is_closed() {
-            return Err(crate::handles::closed_error());
+            return Err(crate::event_loop::handles::closed_error());
         }
         core.ensure_fd_no_transport(event_loop, fd)?;
         let future = core.new_future(event_loop)?;

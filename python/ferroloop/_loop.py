@@ -149,7 +149,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
     # still sees asyncio's classes and should use only the shared methods.
 
     # The same methods as LoopCore's, through leaner native entry points
-    # (see src/fast_calls.rs); _native.pyi types them as LoopCore's.
+    # (see src/event_loop/fast_calls.rs); _native.pyi types them as LoopCore's.
     call_soon = _call_soon_fastcall  # type: ignore[assignment]
     call_later = _call_later_fastcall  # type: ignore[assignment]
     call_at = _call_at_fastcall  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""Reports of the stall watchdog (the sampling runs natively: src/watchdog.rs).
+"""Reports of the stall watchdog (the sampling runs natively: src/diagnostics/watchdog.rs).
 
 The native watchdog thread calls a ``StallReporter`` while a callback is
 still stalling the loop, and again once it returns. The reporter runs on the

@@ -18,7 +18,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::sync::lock;
+use crate::support::sync::lock;
 
 /// Smaller objects come from pymalloc, about as cheap as reusing one.
 const MIN_REUSED: usize = 513;

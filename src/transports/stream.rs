@@ -28,11 +28,11 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
-use crate::thread_exit;
-use crate::buffers::{with_bytes, with_writable_bytes};
+use crate::support::thread_exit;
+use crate::support::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
-use crate::handles::{closed_error, in_context, Scheduled};
-use crate::sync::lock;
+use crate::event_loop::handles::{closed_error, in_context, Scheduled};
+use crate::support::sync::lock;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;

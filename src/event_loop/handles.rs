@@ -16,9 +16,9 @@ use pyo3::types::{PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::event_loop::LoopCore;
-use crate::pyrefs;
-use crate::sync::lock;
-use crate::timers::TimerItem;
+use crate::support::pyrefs;
+use crate::support::sync::lock;
+use crate::time::timers::TimerItem;
 use crate::sock_calls::SockCall;
 use crate::transports::stream::StreamTransport;
 
@@ -249,7 +249,7 @@ pub fn call_in_context(
             // not a Context fails on that attribute lookup.
             return Err(not_a_context(context, err));
         }
-        let result = crate::thread_exit::object_call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        let result = crate::support::thread_exit::object_call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
         let call_error = if result.is_null() { Some(PyErr::fetch(py)) } else { None };
         let exit_failed = ffi::PyContext_Exit(context.as_ptr()) != 0;
         if !result.is_null() {

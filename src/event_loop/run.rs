@@ -14,17 +14,17 @@ use mio::Events;
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use crate::thread_exit;
-use crate::activity::{PHASE_IDLE, PHASE_POLLING};
-use crate::clock;
+use crate::support::thread_exit;
+use crate::diagnostics::activity::{PHASE_IDLE, PHASE_POLLING};
+use crate::time::clock;
 use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
-use crate::handles::{Scheduled, TimerHandle};
+use crate::event_loop::handles::{Scheduled, TimerHandle};
 use crate::sock_calls::SockCall;
 use crate::transports::stream::StreamTransport;
 use crate::transports::syscalls::os_error;
 use pyo3::types::PyDict;
-use crate::poller::Dispatch;
-use crate::sync::lock;
+use crate::readiness::Dispatch;
+use crate::support::sync::lock;
 
 /// asyncio's MAXIMUM_SELECT_TIMEOUT: never sleep longer than a day at once.
 const MAXIMUM_POLL_TIMEOUT: f64 = 24.0 * 3600.0;

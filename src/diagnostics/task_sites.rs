@@ -26,9 +26,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::clock;
-use crate::int_hash::IntMap;
-use crate::sync::lock;
+use crate::time::clock;
+use crate::support::int_hash::IntMap;
+use crate::support::sync::lock;
 
 /// The table is swept once it holds this many entries, and from then on
 /// whenever it has doubled since the last sweep.

@@ -11,7 +11,7 @@
 //! syscall found the socket drained (EAGAIN), and retries until it does again
 //! or completes, which is exactly what edge-triggered readiness asks for.
 
-use crate::int_hash::IntMap;
+use crate::support::int_hash::IntMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,9 +24,9 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::handles::Handle;
+use crate::event_loop::handles::Handle;
 use crate::sock_calls::SockCall;
-use crate::sync::lock;
+use crate::support::sync::lock;
 use crate::transports::stream::StreamTransport;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);

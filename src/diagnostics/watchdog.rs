@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::thread_exit;
-use crate::activity::{Activity, PHASE_RUNNING_CALLBACK};
-use crate::sync::lock;
+use crate::support::thread_exit;
+use crate::diagnostics::activity::{Activity, PHASE_RUNNING_CALLBACK};
+use crate::support::sync::lock;
 
 /// Samples per threshold: the stall start is known to within this fraction.
 const SAMPLES_PER_THRESHOLD: u32 = 10;

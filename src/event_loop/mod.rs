@@ -6,6 +6,10 @@
 //! loop itself lives in `run.rs`. The Python class `ferroloop.Loop` inherits
 //! from this one and adds the parts of asyncio's API that are glue.
 
+pub(crate) mod fast_calls;
+pub(crate) mod handles;
+pub(crate) mod run;
+
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,19 +21,19 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::thread_exit;
-use crate::activity::Activity;
-use crate::clock;
-use crate::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
-use crate::poller::{Direction, Poller, Watcher};
-use crate::pyrefs;
-use crate::sync::lock;
-use crate::task_sites::TaskSites;
+use crate::support::thread_exit;
+use crate::diagnostics::activity::Activity;
+use crate::time::clock;
+use crate::event_loop::handles::{closed_error, Handle, HandleCore, Scheduled, TimerHandle};
+use crate::readiness::{Direction, Poller, Watcher};
+use crate::support::pyrefs;
+use crate::support::sync::lock;
+use crate::diagnostics::task_sites::TaskSites;
 use crate::transports::read_bytes::ReadBytes;
 use crate::transports::syscalls::os_error;
-use crate::timers::TimerHeap;
-use crate::watchdog::Watchdog;
-use crate::metrics::{IoCounters, LoopMetrics};
+use crate::time::timers::TimerHeap;
+use crate::diagnostics::watchdog::Watchdog;
+use crate::diagnostics::metrics::{IoCounters, LoopMetrics};
 use crate::sock_calls::{self, SOCK_ACCEPT, SOCK_RECVFROM, SOCK_SENDTO};
 
 #[derive(Default)]
@@ -518,12 +522,12 @@ impl LoopCore {
     /// Runs iterations until `stop()`; the Python `run_forever` wraps it with
     /// the bookkeeping (running loop, asyncgen hooks, signal wakeup fd).
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
-        crate::run::run_forever(slf)
+        crate::event_loop::run::run_forever(slf)
     }
 
     /// Runs one iteration of the loop (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        crate::run::run_one_iteration(slf)
+        crate::event_loop::run::run_one_iteration(slf)
     }
 
     /// Drops everything scheduled and every fd watcher (part of `close()`).
