@@ -27,7 +27,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::handles::Handle;
 use crate::sock_calls::SockCall;
 use crate::support::sync::lock;
-use crate::transports::stream::StreamTransport;
+use crate::transports::Attached;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -68,9 +68,9 @@ impl Watcher {
 struct FdWatch {
     reader: Option<Watcher>,
     writer: Option<Watcher>,
-    /// A transport owning the fd; registered edge-triggered for both
-    /// directions for its whole life, never re-armed.
-    stream: Option<Py<StreamTransport>>,
+    /// A transport (or listener) owning the fd; registered edge-triggered
+    /// for both directions for its whole life, never re-armed.
+    attached: Option<Attached>,
 }
 
 impl FdWatch {
@@ -82,7 +82,7 @@ impl FdWatch {
     }
 
     fn interest(&self) -> Option<Interest> {
-        if self.stream.is_some() {
+        if self.attached.is_some() {
             return Some(Interest::READABLE | Interest::WRITABLE);
         }
         match (self.reader.is_some(), self.writer.is_some()) {
@@ -98,7 +98,7 @@ impl FdWatch {
 #[derive(Default)]
 pub struct Dispatch {
     pub handles: Vec<Py<Handle>>,
-    pub streams: Vec<Py<StreamTransport>>,
+    pub attached: Vec<Attached>,
     pub sock_calls: Vec<Py<SockCall>>,
     pub signal_pipe_ready: bool,
     /// Fds whose callbacks were delivered, re-armed before the next poll.
@@ -271,8 +271,8 @@ impl Poller {
                     Watcher::Sock(call) => visit.call(call)?,
                 }
             }
-            if let Some(stream) = &watch.stream {
-                visit.call(stream)?;
+            if let Some(owner) = &watch.attached {
+                owner.visit(visit)?;
             }
         }
         Ok(())
@@ -280,39 +280,39 @@ impl Poller {
 
     /// Forgets every watcher and transport (loop close) and returns them,
     /// to be released outside the lock.
-    pub fn unwatch_all(&self) -> (Vec<Watcher>, Vec<Py<StreamTransport>>) {
+    pub fn unwatch_all(&self) -> (Vec<Watcher>, Vec<Attached>) {
         self.drain(&mut lock(&self.watches))
     }
 
     /// `unwatch_all` for the garbage collector, which may run while this
     /// thread holds the lock: then nothing is cleared.
-    pub fn try_unwatch_all(&self) -> Option<(Vec<Watcher>, Vec<Py<StreamTransport>>)> {
+    pub fn try_unwatch_all(&self) -> Option<(Vec<Watcher>, Vec<Attached>)> {
         let mut watches = self.watches.try_lock().ok()?;
         Some(self.drain(&mut watches))
     }
 
-    fn drain(&self, watches: &mut IntMap<RawFd, FdWatch>) -> (Vec<Watcher>, Vec<Py<StreamTransport>>) {
+    fn drain(&self, watches: &mut IntMap<RawFd, FdWatch>) -> (Vec<Watcher>, Vec<Attached>) {
         let mut handles = Vec::new();
-        let mut streams = Vec::new();
+        let mut attached = Vec::new();
         for (fd, watch) in watches.drain() {
             let _ = self.with_registry(|registry| registry.deregister(&mut SourceFd(&fd)));
             handles.extend(watch.reader);
             handles.extend(watch.writer);
-            streams.extend(watch.stream);
+            attached.extend(watch.attached);
         }
         self.watch_count.store(0, Ordering::Relaxed);
-        (handles, streams)
+        (handles, attached)
     }
 
-    /// Hands the fd to a transport. A watcher left on a reused fd number is
-    /// replaced and returned for cancelling.
-    pub fn attach_stream(&self, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Vec<Watcher>> {
+    /// Hands the fd to a transport or listener. A watcher left on a reused
+    /// fd number is replaced and returned for cancelling.
+    pub fn attach(&self, fd: RawFd, owner: Attached) -> io::Result<Vec<Watcher>> {
         let mut watches = lock(&self.watches);
         let is_new = !watches.contains_key(&fd);
         let entry = watches.entry(fd).or_default();
         let was_registered = entry.interest().is_some();
         let stale: Vec<Watcher> = entry.reader.take().into_iter().chain(entry.writer.take()).collect();
-        let previous = entry.stream.replace(transport);
+        let previous = entry.attached.replace(owner);
         let interest = Interest::READABLE | Interest::WRITABLE;
         let outcome = if was_registered { self.reregister(fd, interest) } else { self.register(fd, interest) };
         match outcome {
@@ -325,7 +325,7 @@ impl Poller {
                 Ok(stale)
             }
             Err(err) => {
-                let installed = std::mem::replace(&mut entry.stream, previous);
+                let installed = std::mem::replace(&mut entry.attached, previous);
                 if is_new {
                     watches.remove(&fd);
                 }
@@ -336,11 +336,11 @@ impl Poller {
         }
     }
 
-    /// Takes the fd back from its transport (before the socket closes).
-    pub fn detach_stream(&self, fd: RawFd) -> Option<Py<StreamTransport>> {
+    /// Takes the fd back from its owner (before the fd closes).
+    pub fn detach(&self, fd: RawFd) -> Option<Attached> {
         let mut watches = lock(&self.watches);
         let entry = watches.get_mut(&fd)?;
-        let removed = entry.stream.take();
+        let removed = entry.attached.take();
         removed.as_ref()?;
         self.settle_after_removal(&mut watches, fd);
         removed
@@ -408,9 +408,9 @@ impl Poller {
                     // As asyncio's selectors do, an error or hang-up wakes
                     // both the reader and the writer.
                     let failed = event.is_error() || event.is_read_closed() || event.is_write_closed();
-                    if let Some(stream) = watch.stream.as_ref() {
-                        if stream.get().note_ready(event.is_readable(), event.is_writable() || failed, failed) {
-                            out.streams.push(stream.clone_ref(py));
+                    if let Some(owner) = watch.attached.as_ref() {
+                        if owner.note_ready(event.is_readable(), event.is_writable() || failed, failed) {
+                            out.attached.push(owner.clone_ref(py));
                         }
                         // loop.sendfile() waits on a transport's fd through
                         // a watcher, handled below.

@@ -20,7 +20,7 @@ use crate::support::pyrefs;
 use crate::support::sync::lock;
 use crate::time::timers::TimerItem;
 use crate::sock_calls::SockCall;
-use crate::transports::stream::StreamTransport;
+use crate::transports::Attached;
 
 struct Payload {
     callback: Py<PyAny>,
@@ -523,9 +523,9 @@ handle_pymethods!(TimerHandle, "TimerHandle", {
 pub enum Scheduled {
     Plain(Py<Handle>),
     Timer(Py<TimerHandle>),
-    /// A transport whose socket became ready: it runs its own I/O, with no
-    /// Python handle in between.
-    Io(Py<StreamTransport>),
+    /// A transport (or listener) whose fd became ready: it runs its own
+    /// I/O, with no Python handle in between.
+    Io(Attached),
     /// A waiting `sock_*` call whose socket became ready: it retries its
     /// syscall and settles its future, also with no Python handle.
     Sock(Py<SockCall>),
@@ -546,7 +546,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => h.bind(py).clone().into_any(),
             Scheduled::Timer(t) => t.bind(py).clone().into_any(),
-            Scheduled::Io(s) => s.bind(py).clone().into_any(),
+            Scheduled::Io(s) => s.as_object(py),
             Scheduled::Sock(c) => c.bind(py).clone().into_any(),
         }
     }
@@ -557,7 +557,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => h.drop_ref(py),
             Scheduled::Timer(t) => t.drop_ref(py),
-            Scheduled::Io(s) => s.drop_ref(py),
+            Scheduled::Io(s) => s.release(py),
             Scheduled::Sock(c) => c.drop_ref(py),
         }
     }
@@ -566,7 +566,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => visit.call(h),
             Scheduled::Timer(t) => visit.call(t),
-            Scheduled::Io(s) => visit.call(s),
+            Scheduled::Io(s) => s.visit(visit),
             Scheduled::Sock(c) => visit.call(c),
         }
     }

@@ -20,7 +20,6 @@ use crate::time::clock;
 use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCore};
 use crate::event_loop::handles::{Scheduled, TimerHandle};
 use crate::sock_calls::SockCall;
-use crate::transports::stream::StreamTransport;
 use crate::transports::syscalls::os_error;
 use pyo3::types::PyDict;
 use crate::readiness::Dispatch;
@@ -115,8 +114,8 @@ fn run_once(slf: &Bound<'_, LoopCore>, this: &LoopCore, s: &mut Scratch) -> PyRe
         if !ready_io.handles.is_empty() {
             sched.ready.extend(ready_io.handles.drain(..).map(Scheduled::Plain));
         }
-        if !ready_io.streams.is_empty() {
-            sched.ready.extend(ready_io.streams.drain(..).map(Scheduled::Io));
+        if !ready_io.attached.is_empty() {
+            sched.ready.extend(ready_io.attached.drain(..).map(Scheduled::Io));
         }
         if !ready_io.sock_calls.is_empty() {
             sched.ready.extend(ready_io.sock_calls.drain(..).map(Scheduled::Sock));
@@ -263,9 +262,9 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
     let (outcome, message) = match item {
         // asyncio's transports do this in reader and writer callbacks, so
         // an error escaping them is reported as such a callback's.
-        Scheduled::Io(transport) => match StreamTransport::process(transport.bind(py)) {
+        Scheduled::Io(owner) => match owner.process(py) {
             Ok(()) => (Ok(()), String::new()),
-            Err((err, method)) => (Err(err), format!("Exception in callback StreamTransport.{method}()")),
+            Err((err, message)) => (Err(err), message),
         },
         Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call".to_owned()),
         Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
@@ -277,7 +276,10 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             let context = PyDict::new(py);
             context.set_item(intern!(py, "message"), message)?;
             context.set_item(intern!(py, "exception"), err.into_value(py))?;
-            let key = if matches!(item, Scheduled::Io(_)) { intern!(py, "transport") } else { intern!(py, "handle") };
+            let key = match item {
+                Scheduled::Io(owner) => owner.context_key(),
+                _ => "handle",
+            };
             context.set_item(key, item.as_object(py))?;
             thread_exit::call_method(slf, intern!(py, "call_exception_handler"), (context,))?;
             Ok(())

@@ -4,3 +4,68 @@ pub(crate) mod read_bytes;
 pub mod stream;
 pub(crate) mod syscalls;
 mod write_buffer;
+
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use stream::StreamTransport;
+
+/// A native object that owns an fd in the poller for its whole life and runs
+/// its own I/O when the fd is ready, with no Python handle in between.
+pub enum Attached {
+    Stream(Py<StreamTransport>),
+}
+
+impl Attached {
+    /// Records one event's readiness; true when the object must be queued
+    /// (it was not already, and has work).
+    #[inline]
+    pub fn note_ready(&self, readable: bool, writable: bool, hung_up: bool) -> bool {
+        match self {
+            Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
+        }
+    }
+
+    /// Runs the I/O readiness allows. An error that escapes comes back with
+    /// the name of the asyncio method that part stands for, for the
+    /// exception handler's message.
+    pub fn process(&self, py: Python<'_>) -> Result<(), (PyErr, String)> {
+        match self {
+            Attached::Stream(t) => StreamTransport::process(t.bind(py))
+                .map_err(|(err, method)| (err, format!("Exception in callback StreamTransport.{method}()"))),
+        }
+    }
+
+    /// The key under which the exception handler's context names it.
+    pub fn context_key(&self) -> &'static str {
+        match self {
+            Attached::Stream(_) => "transport",
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
+        }
+    }
+
+    pub fn as_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Attached::Stream(t) => t.bind(py).clone().into_any(),
+        }
+    }
+
+    /// Releases the reference with a plain decref (the thread is attached).
+    #[inline]
+    pub fn release(self, py: Python<'_>) {
+        match self {
+            Attached::Stream(t) => t.drop_ref(py),
+        }
+    }
+
+    pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Attached::Stream(t) => visit.call(t),
+        }
+    }
+}

@@ -28,6 +28,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
+use super::Attached;
 use crate::support::thread_exit;
 use crate::support::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
@@ -187,7 +188,7 @@ impl StreamTransport {
         if !st.queued && st.conn_lost == 0 {
             st.queued = true;
             let this = slf.get();
-            lock(&this.event_loop.get().sched).ready.push_back(Scheduled::Io(slf.clone().unbind()));
+            lock(&this.event_loop.get().sched).ready.push_back(Scheduled::Io(Attached::Stream(slf.clone().unbind())));
         }
     }
 
@@ -677,7 +678,7 @@ impl StreamTransport {
         if st.registered || st.conn_lost > 0 {
             return Ok(());
         }
-        let stale = this.event_loop.get().poller.attach_stream(this.fd, slf.clone().unbind()).map_err(|err| os_error(slf.py(), &err))?;
+        let stale = this.event_loop.get().poller.attach(this.fd, Attached::Stream(slf.clone().unbind())).map_err(|err| os_error(slf.py(), &err))?;
         st.registered = true;
         drop(st);
         for watcher in stale {
@@ -1136,7 +1137,7 @@ impl StreamTransport {
             (st.sock.take(), st.server.take(), st.empty_waiter.take(), (st.protocol.take(), st.reader.take(), registered))
         };
         let (old_protocol, old_reader, registered) = released;
-        let attached = if registered { this.event_loop.get().poller.detach_stream(this.fd) } else { None };
+        let attached = if registered { this.event_loop.get().poller.detach(this.fd) } else { None };
         let cleanup = (|| -> PyResult<()> {
             if let Some(sock) = &sock {
                 sock.bind(py).call_method0(intern!(py, "close"))?;
