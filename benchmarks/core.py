@@ -180,8 +180,8 @@ def probe_loop(loop: str) -> str | None:
     code = (
         f"import importlib.metadata, {package}\n"
         f"{package}.new_event_loop().close()\n"
-        f"print(importlib.metadata.version({package!r}) if {package!r} != 'asyncio' "
-        "else 'stdlib')\n"
+        f"print('stdlib' if {package!r} == 'asyncio' else getattr({package}, '__version__', None) "
+        f"or importlib.metadata.version({package!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:

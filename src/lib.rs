@@ -3,6 +3,7 @@
 mod diagnostics;
 mod event_loop;
 mod readiness;
+mod server;
 mod sock_calls;
 mod support;
 mod time;
@@ -19,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sock_calls::install_am_send(m.py());
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
+    m.add_class::<server::listener::Listener>()?;
     for (name, descriptor) in event_loop::fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

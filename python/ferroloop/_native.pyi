@@ -11,7 +11,7 @@ from asyncio.events import _TaskFactory
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from socket import _Address, _RetAddress
 from traceback import StackSummary
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Optional, TypeVar, Union, final
 
 from typing_extensions import Unpack, TypeVarTuple
 
@@ -282,3 +282,21 @@ class StreamTransport:
     def _closing(self) -> bool: ...
     @property
     def _conn_lost(self) -> int: ...
+
+@final
+class Listener:
+    """The native accept loop of a plain TCP or Unix server: each readiness
+    of the listening socket accepts up to ``backlog`` connections, each
+    made into a ``StreamTransport`` with a protocol from
+    ``protocol_factory``, in a copy of the context at creation."""
+
+    def __init__(
+        self, event_loop: LoopCore, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any, backlog: int
+    ) -> None: ...
+    def start(self) -> None:
+        """Start accepting (joins the loop's poller)."""
+    def stop(self) -> None:
+        """Stop accepting for good; the socket is left to its owner."""
+    def _resume(self) -> None: ...
+    @property
+    def _sock(self) -> Optional[socket.socket]: ...

@@ -25,7 +25,7 @@ from asyncio import base_events, events, futures, selector_events, transports, t
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._native import LoopCore, StreamTransport
+from ._native import Listener, LoopCore, StreamTransport
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -101,6 +101,9 @@ class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ig
         info.append(f"bufsize={self.get_write_buffer_size()}")
         return f"<{' '.join(info)}>"
 
+
+# Listening sockets whose connections the native accept loop takes.
+_NATIVE_ACCEPT_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 # Server._attach()/_detach() take the transport since 3.13.
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
@@ -220,12 +223,29 @@ class NetworkMethods:
     _create_server_getaddrinfo = _borrow(_Base, "_create_server_getaddrinfo")
     _sendfile_fallback = _borrow(_Base, "_sendfile_fallback")
 
-    # Accepting: one readiness callback per listening socket, which accepts
-    # up to `backlog` connections and survives EMFILE/ENFILE by pausing.
-    _start_serving = _borrow(_Selector, "_start_serving")
+    # Accepting: plain TCP and Unix servers accept natively (a Listener in
+    # the poller, src/server/listener.rs); TLS servers and other socket
+    # families take asyncio's readiness callback, which accepts up to
+    # `backlog` connections per readiness and survives EMFILE by pausing.
+    _start_serving_by_callback = _borrow(_Selector, "_start_serving")
     _accept_connection = _borrow(_Selector, "_accept_connection")
     _accept_connection2 = _borrow(_Selector, "_accept_connection2")
-    _stop_serving_socket = _borrow(_Selector, "_stop_serving")
+
+    def _start_serving(
+        self,
+        protocol_factory: Any,
+        sock: socket.socket,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        *args: Any,
+    ) -> None:
+        if sslcontext or sock.family not in _NATIVE_ACCEPT_FAMILIES:
+            self._start_serving_by_callback(protocol_factory, sock, sslcontext, server, backlog, *args)
+            return
+        listener = Listener(self, sock, protocol_factory, server, backlog)  # type: ignore[arg-type]  # a Loop is a LoopCore
+        self._listeners[sock.fileno()] = listener
+        listener.start()
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # Since 3.13 create_unix_server() records the inode of the path it
@@ -234,7 +254,12 @@ class NetworkMethods:
         # of this method calls super(), so it cannot be borrowed.
         inode = self._unix_server_sockets.pop(sock, None)
         path = sock.getsockname() if inode is not None else None
-        self._stop_serving_socket(sock)
+        listener = self._listeners.pop(sock.fileno(), None)
+        if listener is not None:
+            listener.stop()
+        else:
+            self._remove_reader(sock.fileno())
+        sock.close()
         if path is None:
             return
         try:
@@ -310,6 +335,8 @@ class NetworkMethods:
         # Pipe transports are not in `_transports` (asyncio keeps them
         # apart too); kept only to count open transports.
         self._pipe_transports = weakref.WeakSet()
+        # Listening fd -> its native accept loop.
+        self._listeners: dict[int, Listener] = {}
         # Listening Unix socket -> inode of its path, filled by 3.13+'s
         # create_unix_server() for _stop_serving() to clean up.
         self._unix_server_sockets: dict[socket.socket, int] = {}

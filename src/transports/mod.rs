@@ -8,12 +8,14 @@ mod write_buffer;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::server::listener::Listener;
 use stream::StreamTransport;
 
 /// A native object that owns an fd in the poller for its whole life and runs
 /// its own I/O when the fd is ready, with no Python handle in between.
 pub enum Attached {
     Stream(Py<StreamTransport>),
+    Listener(Py<Listener>),
 }
 
 impl Attached {
@@ -23,6 +25,7 @@ impl Attached {
     pub fn note_ready(&self, readable: bool, writable: bool, hung_up: bool) -> bool {
         match self {
             Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::Listener(l) => l.get().note_ready(readable, hung_up),
         }
     }
 
@@ -33,6 +36,8 @@ impl Attached {
         match self {
             Attached::Stream(t) => StreamTransport::process(t.bind(py))
                 .map_err(|(err, method)| (err, format!("Exception in callback StreamTransport.{method}()"))),
+            Attached::Listener(l) => Listener::process(l.bind(py))
+                .map_err(|err| (err, "Exception in callback Listener._accept_connection()".to_owned())),
         }
     }
 
@@ -40,18 +45,21 @@ impl Attached {
     pub fn context_key(&self) -> &'static str {
         match self {
             Attached::Stream(_) => "transport",
+            Attached::Listener(_) => "handle",
         }
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
             Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
+            Attached::Listener(l) => Attached::Listener(l.clone_ref(py)),
         }
     }
 
     pub fn as_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self {
             Attached::Stream(t) => t.bind(py).clone().into_any(),
+            Attached::Listener(l) => l.bind(py).clone().into_any(),
         }
     }
 
@@ -60,12 +68,14 @@ impl Attached {
     pub fn release(self, py: Python<'_>) {
         match self {
             Attached::Stream(t) => t.drop_ref(py),
+            Attached::Listener(l) => l.drop_ref(py),
         }
     }
 
     pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Attached::Stream(t) => visit.call(t),
+            Attached::Listener(l) => visit.call(l),
         }
     }
 }

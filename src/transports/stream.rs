@@ -640,35 +640,8 @@ impl StreamTransport {
         if fd < 0 {
             return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
         }
-        let mut state = State {
-            protocol: None,
-            reader: None,
-            sock: Some(sock.clone().unbind()),
-            server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
-            buffer: WriteBuffer::default(),
-            high_water: DEFAULT_HIGH_WATER as f64,
-            low_water: (DEFAULT_HIGH_WATER / 4) as f64,
-            limits_given: None,
-            protocol_paused: false,
-            paused: false,
-            closing: false,
-            eof: false,
-            conn_lost: 0,
-            reading: false,
-            // Registering an edge-triggered fd reports it at once if it is
-            // readable already, so nothing is read (and no BufferedProtocol
-            // asked for a buffer) before data is there, as in asyncio.
-            read_pending: false,
-            write_pending: false,
-            peer_closed: false,
-            eof_kept_open: false,
-            queued: false,
-            registered: false,
-            empty_waiter: None,
-        };
-        Self::set_protocol_locked(py, &mut state, protocol)?;
         let context = copy_current_context(py)?;
-        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context, state: Mutex::new(state) })
+        Self::build(py, event_loop, fd, sock, protocol, extra, server.filter(|s| !s.is_none()), context)
     }
 
     /// Registers the socket with the loop's poller (once, for good).
@@ -1103,6 +1076,49 @@ impl StreamTransport {
 }
 
 impl StreamTransport {
+    /// A transport on `sock` (whose fd is `fd`), running its protocol's
+    /// callbacks in `context`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        py: Python<'_>,
+        event_loop: Py<LoopCore>,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        extra: &Bound<'_, PyDict>,
+        server: Option<&Bound<'_, PyAny>>,
+        context: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let mut state = State {
+            protocol: None,
+            reader: None,
+            sock: Some(sock.clone().unbind()),
+            server: server.map(|s| s.clone().unbind()),
+            buffer: WriteBuffer::default(),
+            high_water: DEFAULT_HIGH_WATER as f64,
+            low_water: (DEFAULT_HIGH_WATER / 4) as f64,
+            limits_given: None,
+            protocol_paused: false,
+            paused: false,
+            closing: false,
+            eof: false,
+            conn_lost: 0,
+            reading: false,
+            // Registering an edge-triggered fd reports it at once if it is
+            // readable already, so nothing is read (and no BufferedProtocol
+            // asked for a buffer) before data is there, as in asyncio.
+            read_pending: false,
+            write_pending: false,
+            peer_closed: false,
+            eof_kept_open: false,
+            queued: false,
+            registered: false,
+            empty_waiter: None,
+        };
+        Self::set_protocol_locked(py, &mut state, protocol)?;
+        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context, state: Mutex::new(state) })
+    }
+
     fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         {
             let mut st = lock(&slf.get().state);
