@@ -53,6 +53,9 @@ enum Operation {
     /// `recvfrom`, `sendto`, ...); `accept` also makes the new socket
     /// non-blocking, as asyncio's `sock_accept` does.
     Method { name: Py<PyString>, args: Py<PyTuple>, accept: bool },
+    /// `sock.connect(address)` for an address already resolved; once it is
+    /// under way, each retry reads `SO_ERROR`, as asyncio's callback does.
+    Connect { address: Py<PyAny>, started: bool },
 }
 
 impl Operation {
@@ -62,6 +65,7 @@ impl Operation {
             Operation::RecvInto { buffer } => visit.call(buffer),
             Operation::SendAll { data, .. } => visit.call(data),
             Operation::Method { args, .. } => visit.call(args),
+            Operation::Connect { address, .. } => visit.call(address),
         }
     }
 }
@@ -223,6 +227,13 @@ pub fn sock_method(
     new_call(slf, sock, call.name, call.direction, operation)
 }
 
+/// `sock_connect(sock, address)` with `address` resolved already (the
+/// Python method resolves it first), for a plain socket.
+pub fn sock_connect_resolved(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let operation = Operation::Connect { address: address.clone().unbind(), started: false };
+    new_call(slf, sock, "sock_connect", Direction::Write, operation)
+}
+
 /// `sock_recvfrom_into(sock, buf, nbytes=0)`: as asyncio, a zero or missing
 /// `nbytes` means the whole buffer.
 pub fn sock_recvfrom_into(
@@ -350,6 +361,38 @@ impl SockCall {
                 };
                 *sent = position;
                 Ok(if position >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
+            }
+            Operation::Connect { address, started } => {
+                let address = address.bind(py);
+                if !*started {
+                    return match thread_exit::call_method(sock, intern!(py, "connect"), (address,)) {
+                        Ok(_) => Ok(Attempt::Done(py.None())),
+                        Err(err) if would_block(py, &err) => {
+                            *started = true;
+                            Ok(Attempt::WouldBlock)
+                        }
+                        Err(err) => Err(err),
+                    };
+                }
+                let mut error: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: `error` and `len` are valid and writable for the
+                // call, and `len` says how much room `error` has.
+                let status = unsafe {
+                    libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut error as *mut libc::c_int).cast(), &mut len)
+                };
+                if status != 0 {
+                    let err = std::io::Error::last_os_error();
+                    if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                        return Ok(Attempt::WouldBlock);
+                    }
+                    return Err(os_error(py, &err));
+                }
+                if error == 0 {
+                    return Ok(Attempt::Done(py.None()));
+                }
+                let message = format!("Connect call failed {}", address.str()?);
+                Err(PyErr::from_value(py.get_type::<pyo3::exceptions::PyOSError>().call1((error, message))?))
             }
             Operation::Method { name, args, accept } => {
                 match thread_exit::call_method(sock, name.bind(py), args.bind(py).clone()) {

@@ -181,6 +181,7 @@ class LoopCore:
         size): ``(nbytes_received, address)``."""
     def sock_sendto(self, sock: socket.socket, data: ReadableBuffer, address: _Address) -> Coroutine[Any, Any, int]:
         """Send a datagram to ``address``; returns the number of bytes sent."""
+    def _sock_connect_resolved(self, sock: socket.socket, address: _Address) -> Coroutine[Any, Any, None]: ...
     # The keyword arguments are passed on to the task factory or to
     # asyncio.Task, so the runtime accepts what typeshed lists per version.
     if sys.version_info >= (3, 13):
@@ -300,3 +301,15 @@ class Listener:
     def _resume(self) -> None: ...
     @property
     def _sock(self) -> Optional[socket.socket]: ...
+
+def make_socket_transport(
+    event_loop: LoopCore,
+    sock: socket.socket,
+    protocol: BaseProtocol,
+    waiter: Optional[Future[None]] = None,
+    extra: Optional[dict[str, Any]] = None,
+    server: Any = None,
+) -> StreamTransport:
+    """asyncio's ``_make_socket_transport``: a ``StreamTransport`` on a
+    connected socket, with ``connection_made``, the first read and the
+    waiter scheduled as asyncio schedules them."""

@@ -25,7 +25,7 @@ from asyncio import base_events, events, futures, selector_events, transports, t
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._native import Listener, LoopCore, StreamTransport
+from ._native import Listener, LoopCore, StreamTransport, make_socket_transport
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -105,9 +105,6 @@ class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ig
 # Listening sockets whose connections the native accept loop takes.
 _NATIVE_ACCEPT_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
-# Server._attach()/_detach() take the transport since 3.13.
-_SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
-
 
 def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
     """``owner``'s own function ``name``, to be a method of the loop too.
@@ -128,23 +125,6 @@ def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
     copy.__annotations__ = dict(function.__annotations__)
     copy.__doc__ = doc
     return copy
-
-
-def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """asyncio's ``_SelectorTransport`` extra info: the socket, its name and
-    its peer's (None when the socket has none)."""
-    info = dict(extra) if extra else {}
-    info["socket"] = trsock.TransportSocket(sock)
-    try:
-        info["sockname"] = sock.getsockname()
-    except OSError:
-        info["sockname"] = None
-    if "peername" not in info:
-        try:
-            info["peername"] = sock.getpeername()
-        except socket.error:
-            info["peername"] = None
-    return info
 
 
 # Since 3.12 asyncio refuses to make a transport on a socket another
@@ -392,26 +372,9 @@ class NetworkMethods:
         extra: Optional[dict[str, Any]] = None,
         server: Any = None,
     ) -> StreamTransport:
-        if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
-            self._ensure_fd_no_transport(sock)
-        _set_nodelay(sock)
-        # A protocol without it fails here with asyncio's AttributeError,
-        # before anything is made: no half-made transport is left to close
-        # the socket when it is collected, and a transport already on the
-        # socket keeps working.
-        connection_made = protocol.connection_made
-        transport = StreamTransport(self, sock, protocol, _transport_extra(sock, extra), server)  # type: ignore[arg-type]  # a Loop is a LoopCore
-        if server is not None:
-            if _SERVER_ATTACH_TAKES_TRANSPORT:
-                server._attach(transport)
-            else:
-                server._attach()
-        self._transports[sock.fileno()] = transport
-        self.call_soon(connection_made, transport)  # type: ignore[attr-defined]
-        self.call_soon(transport._start_reading)  # type: ignore[attr-defined]
-        if waiter is not None:
-            self.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
-        return transport
+        # Natively: the owned-socket check (3.12+), TCP_NODELAY, asyncio's
+        # extra info, the transport, and the callbacks asyncio schedules.
+        return make_socket_transport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]  # a Loop is a LoopCore
 
     _remove_reader = LoopCore.remove_reader
     _remove_writer = LoopCore.remove_writer

@@ -142,6 +142,9 @@ async def resolve(loop: "Loop", sock: socket.socket, address: Any) -> Any:
 async def connect(loop: "Loop", sock: socket.socket, address: Any) -> None:
     check_socket(loop, sock)
     address = await resolve(loop, sock, address)
+    if type(sock) is socket.socket:
+        await loop._sock_connect_resolved(sock, address)
+        return
     sock.fileno()  # asyncio asks for the fd before it connects
     try:
         sock.connect(address)

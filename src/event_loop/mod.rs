@@ -713,6 +713,12 @@ impl LoopCore {
         sock_calls::sock_method(slf, &SOCK_ACCEPT, sock, vec![])
     }
 
+    /// `sock_connect` once the address is resolved: connects, waiting for
+    /// the connection to complete.
+    fn _sock_connect_resolved(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_connect_resolved(slf, sock, address)
+    }
+
     /// Receives a datagram of up to `bufsize` bytes: `(data, address)`.
     fn sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         sock_calls::sock_method(slf, &SOCK_RECVFROM, sock, vec![bufsize.clone()])

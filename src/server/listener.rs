@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::event_loop::handles::{in_context, Scheduled};
@@ -28,6 +28,7 @@ use crate::support::sockaddr::AddrStorage;
 use crate::support::sync::lock;
 use crate::support::thread_exit;
 use crate::transports::stream::StreamTransport;
+use crate::transports::stream_setup::{make_stream_transport, Known};
 use crate::transports::syscalls::os_error;
 use crate::transports::Attached;
 
@@ -36,8 +37,6 @@ struct Refs {
     transport_socket: Py<PyAny>,
     logger: Py<PyAny>,
     accept_retry_delay: Py<PyAny>,
-    /// `Server._attach()` takes the transport since 3.13.
-    attach_takes_transport: bool,
 }
 
 static REFS: PyOnceLock<Refs> = PyOnceLock::new();
@@ -49,7 +48,6 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             logger: py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind(),
             accept_retry_delay: py.import("asyncio.constants")?.getattr("ACCEPT_RETRY_DELAY")?.unbind(),
-            attach_takes_transport: py.version_info() >= (3, 13),
         })
     })
 }
@@ -186,20 +184,6 @@ impl Listener {
                 return Err(err);
             }
         };
-        if this.nodelay {
-            let on: libc::c_int = 1;
-            // SAFETY: `on` is a valid c_int for the duration of the call.
-            // A failure (the peer already gone) leaves a working socket.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_NODELAY,
-                    (&on as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-        }
         let event_loop = this.event_loop.bind(py);
         if event_loop.get().debug_enabled() {
             refs.logger.bind(py).call_method1(
@@ -257,47 +241,16 @@ impl Listener {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let refs = refs(py)?;
         let protocol = thread_exit::call(this.protocol_factory.bind(py), ())?;
         *protocol_out = Some(protocol.clone());
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), addr)?;
-        extra.set_item(intern!(py, "socket"), refs.transport_socket.bind(py).call1((conn,))?)?;
-        match conn.call_method0(intern!(py, "getsockname")) {
-            Ok(name) => extra.set_item(intern!(py, "sockname"), name)?,
-            Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
-                extra.set_item(intern!(py, "sockname"), py.None())?
-            }
-            Err(err) => return Err(err),
-        }
-        let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
         let server = this.server.bind(py);
-        let server = if server.is_none() { None } else { Some(server) };
-        let built = StreamTransport::build(
-            py,
-            this.event_loop.clone_ref(py),
-            fd,
-            conn,
-            &protocol,
-            &extra,
-            server,
-            context.clone().unbind(),
-        )?;
-        let transport = Bound::new(py, built)?;
-        *transport_out = Some(transport.clone());
-        if let Some(server) = server {
-            if refs.attach_takes_transport {
-                server.call_method1(intern!(py, "_attach"), (&transport,))?;
-            } else {
-                server.call_method0(intern!(py, "_attach"))?;
-            }
-        }
+        let known = Known { fd, tcp: this.nodelay };
         let event_loop = this.event_loop.bind(py);
-        event_loop.getattr(intern!(py, "_transports"))?.set_item(fd, &transport)?;
-        let context = Some(context.clone());
-        LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, context.clone())?;
-        let start_reading = transport.getattr(intern!(py, "_start_reading"))?;
-        LoopCore::schedule_soon(event_loop, start_reading, PyTuple::empty(py), context)?;
+        let transport =
+            make_stream_transport(event_loop, conn, &protocol, None, Some(&extra), Some(server), Some(context), Some(known))?;
+        *transport_out = Some(transport);
         Ok(())
     }
 }

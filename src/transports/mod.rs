@@ -2,6 +2,7 @@
 
 pub(crate) mod read_bytes;
 pub mod stream;
+pub(crate) mod stream_setup;
 pub(crate) mod syscalls;
 mod write_buffer;
 

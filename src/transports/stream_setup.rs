@@ -1,0 +1,198 @@
+//! Making a stream transport for a connected socket: asyncio's
+//! `_make_socket_transport`, with the extra info asyncio's
+//! `_SelectorTransport` collects, TCP_NODELAY, and the callbacks it
+//! schedules (`connection_made`, the first read, the waiter).
+
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::intern;
+
+use super::stream::StreamTransport;
+use crate::event_loop::{copy_current_context, LoopCore};
+
+struct Refs {
+    transport_socket: Py<PyAny>,
+    set_result_unless_cancelled: Py<PyAny>,
+    /// `ferroloop._network._set_nodelay`, for the exact error of a socket
+    /// whose options cannot be read.
+    set_nodelay: Py<PyAny>,
+    /// `Server._attach()` takes the transport since 3.13.
+    attach_takes_transport: bool,
+    /// Since 3.12 a socket another open transport owns is refused.
+    refuse_owned_sockets: bool,
+}
+
+static REFS: PyOnceLock<Refs> = PyOnceLock::new();
+
+fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
+    REFS.get_or_try_init(py, || {
+        Ok(Refs {
+            transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
+            set_result_unless_cancelled: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
+            set_nodelay: py.import("ferroloop._network")?.getattr("_set_nodelay")?.unbind(),
+            attach_takes_transport: py.version_info() >= (3, 13),
+            refuse_owned_sockets: py.version_info() >= (3, 12),
+        })
+    })
+}
+
+fn socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid and writable for the call, and
+    // `len` says how much room `value` has.
+    let status = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    (status == 0).then_some(value)
+}
+
+/// TCP_NODELAY, set as uvloop does on every TCP stream socket.
+pub(crate) fn set_nodelay(fd: RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call. A failure
+    // (the peer already gone) leaves a working socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// `_set_nodelay` for any socket: read natively, or, when the fd's options
+/// cannot be read, by the Python function, for its exact error.
+fn nodelay_for(py: Python<'_>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    let options = (fd >= 0)
+        .then(|| {
+            Some((
+                socket_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+                socket_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+                socket_option(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+            ))
+        })
+        .flatten();
+    let Some((family, sock_type, proto)) = options else {
+        refs(py)?.set_nodelay.bind(py).call1((sock,))?;
+        return Ok(());
+    };
+    if (family == libc::AF_INET || family == libc::AF_INET6)
+        && sock_type == libc::SOCK_STREAM
+        && (proto == 0 || proto == libc::IPPROTO_TCP)
+    {
+        set_nodelay(fd);
+    }
+    Ok(())
+}
+
+/// How the caller knows the socket: a listener knows its connections are
+/// TCP (or not) and where they come from.
+pub(crate) struct Known {
+    pub fd: RawFd,
+    pub tcp: bool,
+}
+
+/// asyncio's `_make_socket_transport(sock, protocol, waiter, extra=,
+/// server=)` for ferroloop's stream transport. `context` is the one its
+/// protocol callbacks run in (None: a copy of the current one).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_stream_transport<'py>(
+    event_loop: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+    context: Option<&Bound<'py, PyAny>>,
+    known: Option<Known>,
+) -> PyResult<Bound<'py, StreamTransport>> {
+    let py = event_loop.py();
+    let refs = refs(py)?;
+    let core = event_loop.get();
+    let fd = match &known {
+        Some(known) => known.fd,
+        None => sock.call_method0(intern!(py, "fileno"))?.extract()?,
+    };
+    match known {
+        Some(known) => {
+            if known.tcp {
+                set_nodelay(fd);
+            }
+        }
+        None => {
+            if refs.refuse_owned_sockets {
+                core.ensure_fd_no_transport(event_loop, fd)?;
+            }
+            nodelay_for(py, sock, fd)?;
+        }
+    }
+    // A protocol without it fails here with asyncio's AttributeError,
+    // before anything is made: no half-made transport is left to close the
+    // socket when it is collected, and a transport already on the socket
+    // keeps working.
+    let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
+    if fd < 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    let info = match extra {
+        Some(extra) => extra.copy()?,
+        None => PyDict::new(py),
+    };
+    info.set_item(intern!(py, "socket"), refs.transport_socket.bind(py).call1((sock,))?)?;
+    let name = match sock.call_method0(intern!(py, "getsockname")) {
+        Ok(name) => name,
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => py.None().into_bound(py),
+        Err(err) => return Err(err),
+    };
+    info.set_item(intern!(py, "sockname"), name)?;
+    if !info.contains(intern!(py, "peername"))? {
+        let peer = match sock.call_method0(intern!(py, "getpeername")) {
+            Ok(peer) => peer,
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => py.None().into_bound(py),
+            Err(err) => return Err(err),
+        };
+        info.set_item(intern!(py, "peername"), peer)?;
+    }
+    let context = match context {
+        Some(context) => context.clone().unbind(),
+        None => copy_current_context(py)?,
+    };
+    let server = server.filter(|s| !s.is_none());
+    let built = StreamTransport::build(py, event_loop.clone().unbind(), fd, sock, protocol, &info, server, context)?;
+    let transport = Bound::new(py, built)?;
+    if let Some(server) = server {
+        if refs.attach_takes_transport {
+            server.call_method1(intern!(py, "_attach"), (&transport,))?;
+        } else {
+            server.call_method0(intern!(py, "_attach"))?;
+        }
+    }
+    event_loop.getattr(intern!(py, "_transports"))?.set_item(fd, &transport)?;
+    LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, None)?;
+    let start_reading = transport.getattr(intern!(py, "_start_reading"))?;
+    LoopCore::schedule_soon(event_loop, start_reading, PyTuple::empty(py), None)?;
+    if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
+        let args = PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?;
+        LoopCore::schedule_soon(event_loop, refs.set_result_unless_cancelled.bind(py).clone(), args, None)?;
+    }
+    Ok(transport)
+}
+
+/// The Python entry point: `_make_socket_transport`'s body.
+#[pyfunction]
+#[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None))]
+pub fn make_socket_transport<'py>(
+    event_loop: &Bound<'py, PyAny>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, StreamTransport>> {
+    let event_loop = event_loop.cast::<LoopCore>()?;
+    make_stream_transport(event_loop, sock, protocol, waiter, extra, server, None, None)
+}
