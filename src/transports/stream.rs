@@ -441,10 +441,9 @@ impl StreamTransport {
             if st.conn_lost > 0 || st.buffer.is_empty() {
                 return Ok(());
             }
-            match syscalls::send_until_blocked(this.fd, st.buffer.pending()) {
+            match st.buffer.send(py, this.fd) {
                 Ok(sent) => {
                     this.event_loop.get().io_counters.add_sent(sent);
-                    st.buffer.consume(sent);
                     None
                 }
                 Err(err) => {
@@ -687,6 +686,8 @@ impl StreamTransport {
             )));
         }
         let mut refused_closed = false;
+        // An immutable `bytes` that has to wait is kept, not copied.
+        let shared = data.cast_exact::<PyBytes>().ok();
         let failure = {
             let mut st = lock(&this.state);
             if st.eof {
@@ -713,10 +714,16 @@ impl StreamTransport {
                             refused_closed = true;
                             return Ok(false);
                         }
-                        st.buffer.extend(&bytes[sent..]);
+                        match shared {
+                            Some(data) => st.buffer.keep(data, sent),
+                            None => st.buffer.extend(&bytes[sent..]),
+                        }
                     }
                 } else {
-                    st.buffer.extend(bytes);
+                    match shared {
+                        Some(data) => st.buffer.keep(data, 0),
+                        None => st.buffer.extend(bytes),
+                    }
                 }
                 Ok(false)
             });
