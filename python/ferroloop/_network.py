@@ -282,7 +282,7 @@ class NetworkMethods:
         if listener is not None:
             listener.stop()
         else:
-            self._remove_reader(sock.fileno())
+            self._remove_reader(sock.fileno())  # type: ignore[misc]  # a Loop is a LoopCore
         sock.close()
         if path is None:
             return

@@ -18,7 +18,7 @@ import io
 import os
 import socket
 from asyncio import exceptions
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
 
 try:
     import ssl
@@ -26,15 +26,28 @@ except ImportError:  # pragma: no cover - Python built without ssl
     ssl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from asyncio import Future
+    from asyncio import Future, Handle
     from socket import _Address
 
-    from ._loop import Loop
+
+class SocketLoop(Protocol):
+    """What these helpers use of the loop (a ``ferroloop.Loop``)."""
+
+    def get_debug(self) -> bool: ...
+    def create_future(self) -> "Future[Any]": ...
+    def _add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> "Handle": ...
+    def _add_writer(self, fd: int, callback: Callable[..., Any], *args: Any) -> "Handle": ...
+    def _remove_reader(self, fd: int) -> bool: ...
+    def _remove_writer(self, fd: int) -> bool: ...
+    def _ensure_fd_no_transport(self, fd: Any) -> None: ...
+    def _ensure_resolved(self, address: Any, *, family: int, type: int, proto: int, loop: Any) -> Awaitable[Any]: ...
+    def _sock_connect_resolved(self, sock: socket.socket, address: Any) -> Awaitable[None]: ...
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 
 
-def check_socket(loop: "Loop", sock: socket.socket) -> None:
+def check_socket(loop: SocketLoop, sock: socket.socket) -> None:
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
     # asyncio asks a socket's timeout in debug mode only.
@@ -69,7 +82,7 @@ def _complete(fut: "Future[Any]", operation: Callable[..., Any], args: tuple[Any
             fut.set_result(result)
 
 
-def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[["Future[Any]"], None]) -> "Future[Any]":
+def wait_for(loop: SocketLoop, sock: socket.socket, writing: bool, retry: Callable[["Future[Any]"], None]) -> "Future[Any]":
     """A future completed by ``retry(fut)``, which runs each time the socket
     is ready; the readiness registration ends with the future."""
     fd = sock.fileno()
@@ -94,7 +107,7 @@ def wait_for(loop: "Loop", sock: socket.socket, writing: bool, retry: Callable[[
     return fut
 
 
-async def attempt_io(loop: "Loop", sock: socket.socket, writing: bool, method: str, *args: Any) -> Any:
+async def attempt_io(loop: SocketLoop, sock: socket.socket, writing: bool, method: str, *args: Any) -> Any:
     """``sock.<method>(*args)`` now, or when the socket is ready if it would
     block. The method is looked up again for each retry, as asyncio does."""
     check_socket(loop, sock)
@@ -111,7 +124,7 @@ def _call_method(sock: socket.socket, method: str, args: tuple[Any, ...]) -> Any
     return getattr(sock, method)(*args)
 
 
-async def sendall(loop: "Loop", sock: socket.socket, data: Any) -> None:
+async def sendall(loop: SocketLoop, sock: socket.socket, data: Any) -> None:
     check_socket(loop, sock)
     try:
         sent = sock.send(data)
@@ -129,7 +142,7 @@ async def sendall(loop: "Loop", sock: socket.socket, data: Any) -> None:
     await wait_for(loop, sock, True, lambda fut: _complete(fut, send_more))
 
 
-async def resolve(loop: "Loop", sock: socket.socket, address: Any) -> Any:
+async def resolve(loop: SocketLoop, sock: socket.socket, address: Any) -> Any:
     """An IP address for an INET/INET6 socket's address (DNS only for a
     host name), resolved by asyncio's own ``_ensure_resolved``, so that odd
     addresses fail as they do in asyncio."""
@@ -139,7 +152,7 @@ async def resolve(loop: "Loop", sock: socket.socket, address: Any) -> Any:
     return resolved[0][4]
 
 
-async def connect(loop: "Loop", sock: socket.socket, address: Any) -> None:
+async def connect(loop: SocketLoop, sock: socket.socket, address: Any) -> None:
     check_socket(loop, sock)
     address = await resolve(loop, sock, address)
     if type(sock) is socket.socket:
@@ -180,11 +193,11 @@ def check_sendfile_params(sock: socket.socket, file: Any, offset: Any, count: An
         raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
 
 
-async def _writable(loop: "Loop", sock: socket.socket) -> None:
+async def _writable(loop: SocketLoop, sock: socket.socket) -> None:
     await wait_for(loop, sock, True, lambda fut: fut.set_result(None))
 
 
-async def _sendfile_zero_copy(loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
+async def _sendfile_zero_copy(loop: SocketLoop, sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
     """os.sendfile from the file to the socket, without copying through
     Python; SendfileNotAvailableError when the file or socket can't do it."""
     if not hasattr(os, "sendfile"):
@@ -227,7 +240,7 @@ async def _sendfile_zero_copy(loop: "Loop", sock: socket.socket, file: Any, offs
             os.lseek(fileno, offset + total, os.SEEK_SET)
 
 
-async def _sendfile_by_copy(loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
+async def _sendfile_by_copy(loop: SocketLoop, sock: socket.socket, file: Any, offset: int, count: Optional[int]) -> int:
     """Read blocks in the default executor and send them with sock_sendall."""
     if offset:
         file.seek(offset)
@@ -253,7 +266,7 @@ async def _sendfile_by_copy(loop: "Loop", sock: socket.socket, file: Any, offset
 
 
 async def sendfile(
-    loop: "Loop", sock: socket.socket, file: Any, offset: int, count: Optional[int], fallback: bool
+    loop: SocketLoop, sock: socket.socket, file: Any, offset: int, count: Optional[int], fallback: bool
 ) -> int:
     check_socket(loop, sock)
     check_sendfile_params(sock, file, offset, count)
