@@ -343,6 +343,29 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Enters a native transport in `_transports` (the storage of the
+    /// Python side's WeakValueDictionary) by a plain weak reference: the
+    /// transport takes it out itself when its connection is lost, so the
+    /// dictionary's removal callback, a Python call, is not needed.
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(table) = self.transport_table.get() else { return Ok(()) };
+        let reference = pyo3::types::PyWeakrefReference::new(transport)?;
+        table.bind(py).set_item(fd, reference)
+    }
+
+    /// Takes `transport` out of `_transports`, unless the fd now belongs to
+    /// another transport.
+    pub(crate) fn unregister_transport(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(table) = self.transport_table.get() else { return Ok(()) };
+        let table = table.bind(py);
+        let Some(entry) = table.get_item(fd)? else { return Ok(()) };
+        let referent = entry.call0()?;
+        if referent.is(transport) {
+            table.del_item(fd)?;
+        }
+        Ok(())
+    }
+
     fn add_watch(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,

@@ -1162,6 +1162,7 @@ impl StreamTransport {
         let (old_protocol, old_reader, registered) = released;
         let attached = if registered { this.event_loop.get().poller.detach(this.fd) } else { None };
         let cleanup = (|| -> PyResult<()> {
+            this.event_loop.get().unregister_transport(py, this.fd, slf.as_any())?;
             if let Some(sock) = &sock {
                 sock.bind(py).call_method0(intern!(py, "close"))?;
             }

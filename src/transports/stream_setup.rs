@@ -171,7 +171,7 @@ pub(crate) fn make_stream_transport<'py>(
             server.call_method0(intern!(py, "_attach"))?;
         }
     }
-    event_loop.getattr(intern!(py, "_transports"))?.set_item(fd, &transport)?;
+    core.register_transport(py, fd, transport.as_any())?;
     LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, None)?;
     let start_reading = transport.getattr(intern!(py, "_start_reading"))?;
     LoopCore::schedule_soon(event_loop, start_reading, PyTuple::empty(py), None)?;
