@@ -180,8 +180,9 @@ def probe_loop(loop: str) -> str | None:
     code = (
         f"import importlib.metadata, {package}\n"
         f"{package}.new_event_loop().close()\n"
-        f"print(importlib.metadata.version({package!r}) if {package!r} != 'asyncio' "
-        "else 'stdlib')\n"
+        f"try: print(importlib.metadata.version({package!r}) if {package!r} != 'asyncio' else 'stdlib')\n"
+        # A source tree on PYTHONPATH has no installed metadata.
+        f"except importlib.metadata.PackageNotFoundError: print({package}.__version__ + ' (source tree)')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:

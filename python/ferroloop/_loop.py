@@ -351,7 +351,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
             if task in self._reported_at_shutdown:
                 continue
             site = task_creation_site(task) or "unknown (created before tracking was on)"
-            _watchdog.logger.warning("Task still pending when the loop closed: %r, created at %s", task, site)
+            # The repr, not the task: a kept log record must not keep the task alive.
+            _watchdog.logger.warning("Task still pending when the loop closed: %s, created at %s", repr(task), site)
 
     def _report_shutdown_cancellations(self) -> None:
         """asyncio.run and asyncio.Runner cancel the tasks still pending when
