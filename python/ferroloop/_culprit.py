@@ -266,7 +266,7 @@ def _callee_loads(code: types.CodeType, lasti: int) -> Optional[list[dis.Instruc
         for i in range(start, -1, -1):
             depth += _stack_effect(instructions[i])
             if depth >= consumed:
-                chain = []
+                chain: list[dis.Instruction] = []
                 for ins in instructions[i:index]:
                     if ins.opname == "PUSH_NULL" and not chain:
                         continue

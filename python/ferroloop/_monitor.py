@@ -347,7 +347,9 @@ def render(state: dict[str, Any], with_metrics: bool = False) -> str:
             if stall.get("blocking_kind"):
                 where += f" ({stall['blocking_kind']})"
             task = f"; task {stall.get('task')!r} ({stall.get('coroutine')} at {stall.get('coroutine_location')})"
-            lines.append(f"  stalled for {stall.get('duration', 0):.3f}s{where}{task if stall.get('task') else ''}")
+            # Without the watchdog the stall is timed from the probe on.
+            bound = "" if loop["watchdog"] else "at least "
+            lines.append(f"  stalled for {bound}{stall.get('duration', 0):.3f}s{where}{task if stall.get('task') else ''}")
         if with_metrics:
             m = loop["metrics"]
             # Only the watchdog counts stalls; without it the count is unknown.

@@ -321,11 +321,11 @@ def format_record(record: StallRecord) -> str:
             lines.append(f"Profile of the stall ({record.get('samples', 0)} samples):")
             for entry in profile:
                 kind = f" [{entry['blocking_kind']}]" if entry["blocking_kind"] else ""
-                line = f"  {entry['share']:6.1%}  {entry['function']}() at {entry['filename']}:{entry['lineno']}{kind}"
+                text = f"  {entry['share']:6.1%}  {entry['function']}() at {entry['filename']}:{entry['lineno']}{kind}"
                 innermost = entry["innermost"]
                 if not innermost.startswith(f"{entry['function']}() at {entry['filename']}:{entry['lineno']}"):
-                    line += f" -> {innermost}"
-                lines.append(line)
+                    text += f" -> {innermost}"
+                lines.append(text)
         return "\n".join(lines)
     lines = [f"event loop stalled: one callback has run for {record['duration']:.3f} s and is still running{where}"]
     if record.get("stack"):
