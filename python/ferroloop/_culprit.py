@@ -223,14 +223,16 @@ _NAME_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_FAST_CHECK", "LOAD_FAST_LOAD_FAST"})
 _ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 
-_instructions_cache: dict[types.CodeType, list[dis.Instruction]] = {}
+# Code object -> (its instructions, instruction index by offset).
+_instructions_cache: dict[types.CodeType, tuple[list[dis.Instruction], dict[int, int]]] = {}
 _callee_cache: dict[tuple[types.CodeType, int], Optional[list[dis.Instruction]]] = {}
 
 
-def _instructions(code: types.CodeType) -> list[dis.Instruction]:
+def _instructions(code: types.CodeType) -> tuple[list[dis.Instruction], dict[int, int]]:
     found = _instructions_cache.get(code)
     if found is None:
-        found = list(dis.get_instructions(code))
+        instructions = list(dis.get_instructions(code))
+        found = (instructions, {ins.offset: index for index, ins in enumerate(instructions)})
         if len(_instructions_cache) >= _CACHE_LIMIT:
             _instructions_cache.clear()
             _callee_cache.clear()
@@ -254,8 +256,8 @@ def _callee_loads(code: types.CodeType, lasti: int) -> Optional[list[dis.Instruc
     if key in _callee_cache:
         return _callee_cache[key]
     found = None
-    instructions = _instructions(code)
-    index = next((i for i, ins in enumerate(instructions) if ins.offset == lasti), None)
+    instructions, index_of = _instructions(code)
+    index = index_of.get(lasti)
     if index is not None and instructions[index].opname in _CALL_OPNAMES:
         consumed = 1 - _stack_effect(instructions[index])
         start = index - 1
@@ -346,6 +348,8 @@ def blocking_kind(frames: list[types.FrameType], own: Optional[types.FrameType] 
     ``"socket"``, ``"file"``, ``"subprocess"``, ``"lock"``, ``"http"``, or None
     (CPU work, or a call not recognised). ``own`` is the program's innermost
     frame; the library frames below it are looked at first."""
+    if not frames or not _at_call(frames[0]):
+        return None  # running bytecode: CPU work, whoever's code it is
     kind = None
     for frame in frames:
         if frame is own:
@@ -355,4 +359,12 @@ def blocking_kind(frames: list[types.FrameType], own: Optional[types.FrameType] 
             kind = found  # the outermost library frame wins
     if kind is not None:
         return kind
-    return _kind_of_call(frames[0]) if frames else None
+    return _kind_of_call(frames[0])
+
+
+def _at_call(frame: types.FrameType) -> bool:
+    """Whether the frame is stopped at a call instruction: in a C function
+    (a Python callee would be a frame of its own)."""
+    instructions, index_of = _instructions(frame.f_code)
+    index = index_of.get(frame.f_lasti)
+    return index is not None and instructions[index].opname in _CALL_OPNAMES

@@ -146,9 +146,15 @@ def _loop_thread_frames(loop: asyncio.AbstractEventLoop) -> tuple[Optional[int],
     return thread_id, _callback_frames(frame)
 
 
-def describe_stall(loop: asyncio.AbstractEventLoop, seconds: float, threshold: float) -> StallRecord:
-    """A ``"stall"`` record of what the loop thread runs right now."""
-    thread_id, frames = _loop_thread_frames(loop)
+def describe_stall(
+    loop: asyncio.AbstractEventLoop,
+    seconds: float,
+    threshold: float,
+    captured: Optional[tuple[Optional[int], list[types.FrameType]]] = None,
+) -> StallRecord:
+    """A ``"stall"`` record of what the loop thread runs right now (or of
+    ``captured``, its thread id and frames as ``_loop_thread_frames`` gives)."""
+    thread_id, frames = captured if captured is not None else _loop_thread_frames(loop)
     stack = traceback.StackSummary.extract(((f, f.f_lineno) for f in reversed(frames)), lookup_lines=True)
     task = asyncio.current_task(loop)
     coro = task.get_coro() if task is not None else None
@@ -250,9 +256,10 @@ class StallReporter:
             self._sample(loop, seconds)
             return
         if event == "stall":
-            record = describe_stall(loop, seconds, self.threshold)
+            captured = _loop_thread_frames(loop)
+            record = describe_stall(loop, seconds, self.threshold, captured)
             self._profile = StallProfile()
-            self._profile.add(_loop_thread_frames(loop)[1], seconds)
+            self._profile.add(captured[1], seconds)
             self._stall = record
             self.stalls += 1
         else:
