@@ -389,11 +389,13 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         loop busy for more than ``threshold`` seconds.
 
         Each stall is reported twice on the ``ferroloop`` logger: once while
-        it is still going on (with the task, its coroutine and the loop
-        thread's stack down to the blocking line), and once with its total
-        duration when it ends. ``callback``, if given, receives the same
-        records (``ferroloop.StallRecord`` dicts), called from the watchdog
-        thread.
+        it is still going on (with the innermost line of the program's own
+        code, what it blocks in, the task, its coroutine and the loop
+        thread's stack), and once when it ends, with its total duration and
+        a profile of the stack samples taken meanwhile. ``callback``, if
+        given, receives the same records (``ferroloop.StallRecord`` dicts),
+        called from the watchdog thread. ``ferroloop.set_own_code`` says
+        which code is the program's.
 
         ``track_tasks`` (default: on, unless ``FERROLOOP_TRACK_TASKS=0``)
         also records where each task is created, so that task hygiene

@@ -45,8 +45,10 @@ class TaskInfo(TypedDict):
     """What a pending task waits for: ``task 'name'``, ``sleep()``,
     ``future``... (None unless pending)."""
     where: Optional[str]
-    """``file:line`` where the task is suspended, in the program's code
-    rather than asyncio's when it can."""
+    """``file:line`` where the task is: for the running task, the innermost
+    frame of the program's own code on the loop thread's stack; for a
+    suspended one, the innermost coroutine of the program's own code it
+    awaits through (else the deepest that is not asyncio's)."""
 
 
 class LoopDiagnostics(TypedDict):
@@ -63,7 +65,9 @@ class LoopDiagnostics(TypedDict):
     watchdog: bool
     """Whether the stall watchdog is on."""
     stall: Optional[StallRecord]
-    """The stall going on, its duration brought up to date, or None."""
+    """The stall going on, its duration brought up to date, or None. Without
+    the watchdog, a record of what the live view's probe saw running
+    throughout (its duration a lower bound)."""
     metrics: LoopMetrics
     """``Loop.metrics()``."""
     tasks: list[TaskInfo]
