@@ -57,6 +57,9 @@ def test_the_default_rule_tells_the_programs_files_from_libraries(default_own_co
     assert not _culprit.is_own_location("/usr/lib/python3/dist-packages/requests/api.py")
     assert not _culprit.is_own_location(ferroloop.__file__)
     assert not _culprit.is_own_location("<frozen runpy>")
+    # Generated code is the program's only in its main module.
+    assert not _culprit._own_code.is_own("<string>", "pydantic._internal._dataclasses")
+    assert _culprit._own_code.is_own("<stdin>", "__main__")
 
 
 def test_set_own_code_takes_path_prefixes_and_module_names(default_own_code, tmp_path):
@@ -160,6 +163,24 @@ def test_the_blocking_call_is_recognised(loop, records, blocker, kind):
     assert stall["blocking_kind"] == kind, stall["stack"][-1]
     assert end["blocking_kind"] == kind
     assert end["profile"][0]["blocking_kind"] == kind
+
+
+def nap(seconds: float) -> None:
+    time.sleep(seconds)  # WARMED UP
+
+
+def test_a_call_in_specialised_bytecode_is_recognised(loop, records, line_of):
+    # Run often enough that the interpreter specialises the call (3.11 then
+    # calls time.sleep from the PRECALL instruction, not from CALL).
+    for _ in range(100):
+        nap(0)
+
+    async def staller():
+        nap(0.3)
+
+    run_stall(loop, staller)
+    assert records[0]["culprit"] == (__file__, line_of("# WARMED UP"), "nap")
+    assert records[0]["blocking_kind"] == "sleep"
 
 
 def test_a_slow_http_request_is_an_http_block(loop, records):

@@ -98,10 +98,11 @@ class OwnCode:
                 return True
             path = os.path.abspath(filename) if not filename.startswith("<") else filename
             return any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in self.paths)
-        if filename.startswith("<frozen ") or filename.startswith("<__array_function__"):
-            return False
         if filename.startswith("<"):
-            return True  # exec'd or typed-in code: the program's
+            # Code made at run time: libraries generate it too (dataclasses,
+            # pydantic, namedtuple, all "<string>"), so it counts as the
+            # program's only when run in its main module.
+            return module == "__main__"
         path = os.path.abspath(filename)
         if any(segment in path for segment in _LIBRARY_SEGMENTS):
             return False
@@ -257,8 +258,8 @@ def _callee_loads(code: types.CodeType, lasti: int) -> Optional[list[dis.Instruc
         return _callee_cache[key]
     found = None
     instructions, index_of = _instructions(code)
-    index = index_of.get(lasti)
-    if index is not None and instructions[index].opname in _CALL_OPNAMES:
+    index = _call_index(instructions, index_of.get(lasti))
+    if index is not None:
         consumed = 1 - _stack_effect(instructions[index])
         start = index - 1
         if start >= 0 and instructions[start].opname == "PRECALL":  # 3.11 splits the call in two
@@ -366,5 +367,16 @@ def _at_call(frame: types.FrameType) -> bool:
     """Whether the frame is stopped at a call instruction: in a C function
     (a Python callee would be a frame of its own)."""
     instructions, index_of = _instructions(frame.f_code)
-    index = index_of.get(frame.f_lasti)
-    return index is not None and instructions[index].opname in _CALL_OPNAMES
+    return _call_index(instructions, index_of.get(frame.f_lasti)) is not None
+
+
+def _call_index(instructions: list[dis.Instruction], index: Optional[int]) -> Optional[int]:
+    """The index of the call instruction a frame stopped at ``index`` is in,
+    or None if it is not in a call. 3.11 splits a call into PRECALL and
+    CALL, and once specialised, PRECALL makes calls to C functions itself
+    (``time.sleep`` in a function that ran a few times)."""
+    if index is None:
+        return None
+    if instructions[index].opname == "PRECALL" and index + 1 < len(instructions):
+        index += 1
+    return index if instructions[index].opname in _CALL_OPNAMES else None
