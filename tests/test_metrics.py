@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+
+import pytest
 
 from prometheus_client.openmetrics import parser
 
@@ -228,3 +231,35 @@ def test_openmetrics_text_reports_transport_counters(loop):
     assert families["ferroloop_received_bytes"].samples[0].value == 12_345
     assert families["ferroloop_sent_bytes"].samples[0].value == 12_345
     assert families["ferroloop_transports"].samples[0].value == 0
+
+
+@pytest.mark.parametrize("watchdog", [True, False], ids=["watchdog", "no-watchdog"])
+def test_metrics_see_the_age_of_the_callback_running_now(loop, watchdog):
+    """Two seconds into a stall no timer has fired late yet; the age of the
+    running callback shows the stall anyway."""
+    if watchdog:
+        loop.enable_watchdog(0.05, callback=lambda record: None)
+    started = threading.Event()
+    readings: list[tuple[float, float]] = []
+
+    def reader() -> None:
+        started.wait(10)
+        loop.metrics()  # the first reading starts the clock without the watchdog
+        began = time.monotonic()
+        time.sleep(0.6)
+        readings.append((time.monotonic() - began, loop.metrics()["current_callback_age_seconds"]))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+
+    async def stall() -> None:
+        started.set()
+        time.sleep(1.0)
+
+    loop.run_until_complete(stall())
+    thread.join(10)
+    [(elapsed, age)] = readings
+    assert age >= elapsed
+    assert age < 5
+    assert loop.metrics()["current_callback_age_seconds"] == 0.0  # nothing runs now
+    assert "ferroloop_current_callback_age_seconds{" in ferroloop.openmetrics_text([loop])

@@ -22,11 +22,12 @@ from ._loop import Loop
 from ._metrics import LoopMetrics, openmetrics_text
 from ._monitor import LoopDiagnostics, TaskInfo
 from ._policy import EventLoopPolicy
-from ._watchdog import StallRecord
+from ._culprit import set_own_code
+from ._watchdog import ProfileEntry, StallRecord
 
 Loop.__module__ = __name__
 EventLoopPolicy.__module__ = __name__
-for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, StallRecord):
+for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, StallRecord, ProfileEntry):
     _typed_dict.__module__ = __name__
 del _typed_dict
 
@@ -43,6 +44,8 @@ __all__ = [
     "LoopDiagnostics",
     "TaskInfo",
     "StallRecord",
+    "ProfileEntry",
+    "set_own_code",
     "__version__",
 ]
 

@@ -90,6 +90,13 @@ def task_creation_site(task: tasks.Task[Any]) -> Optional[str]:
     return f"{filename}:{lineno} in {function}"
 
 
+# asyncio.runners._cancel_all_tasks (3.10 to 3.13: asyncio.run and, from
+# 3.11, Runner.close) cancels every pending task and runs
+# run_until_complete(gather(...)) on them; the loop recognises that call by
+# its caller's code object.
+_CANCEL_ALL_TASKS_CODE = getattr(getattr(asyncio.runners, "_cancel_all_tasks", None), "__code__", None)
+
+
 def _run_until_complete_cb(fut: futures.Future[Any]) -> None:
     if not fut.cancelled():
         exc = fut.exception()
@@ -176,6 +183,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         self._coroutine_origin_tracking_saved_depth: Optional[int] = None
         self._saved_wakeup_fd: Optional[int] = None
         self._stall_reporter: Optional[_watchdog.StallReporter] = None
+        self._reported_at_shutdown: weakref.WeakSet[tasks.Task[Any]] = weakref.WeakSet()
         self._monitored = False
         self._init_network()
         self._run_clock = _metrics.register(self)
@@ -233,6 +241,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         raise its exception."""
         self._check_closed()
         self._check_running()
+        if sys._getframe(1).f_code is _CANCEL_ALL_TASKS_CODE:
+            self._report_shutdown_cancellations()
         new_task = not futures.isfuture(future)
         # typeshed's ensure_future does not list the generator-based
         # coroutines _AwaitableLike includes before 3.12; it accepts them.
@@ -269,7 +279,10 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
             self.remove_signal_handler(sig)
         if self._tracking_tasks():
             self._report_pending_tasks()
-        self.disable_watchdog()
+        # The watchdog stops, but task tracking stays as it was: a pending
+        # task collected after close still reports where it was created.
+        self._stop_watchdog()
+        self._stall_reporter = None
         self._close_native()
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -335,8 +348,33 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         """Tasks still pending when the loop closes never finish: name them
         and where they were created (task hygiene, with tracking on)."""
         for task in tasks.all_tasks(self):
+            if task in self._reported_at_shutdown:
+                continue
             site = task_creation_site(task) or "unknown (created before tracking was on)"
-            _watchdog.logger.warning("Task still pending when the loop closed: %r, created at %s", task, site)
+            # The repr, not the task: a kept log record must not keep the task alive.
+            _watchdog.logger.warning("Task still pending when the loop closed: %s, created at %s", repr(task), site)
+
+    def _report_shutdown_cancellations(self) -> None:
+        """asyncio.run and asyncio.Runner cancel the tasks still pending when
+        the main coroutine returns: with the watchdog or debug mode on, say
+        which, where each was and where it was created, once per task."""
+        if self._stall_reporter is None and not self.get_debug():
+            return
+        for task in tasks.all_tasks(self):
+            if task in self._reported_at_shutdown:
+                continue
+            self._reported_at_shutdown.add(task)
+            coro = task.get_coro()
+            name = getattr(coro, "__qualname__", type(coro).__name__)
+            where = _monitor.suspended_at(task)
+            site = task_creation_site(task) or "unknown (created before tracking was on)"
+            _watchdog.logger.warning(
+                "Task cancelled at shutdown, still pending when the main coroutine returned: %r (coroutine %s()%s), created at %s",
+                task.get_name(),
+                name,
+                f" waiting at {where}" if where else "",
+                site,
+            )
 
     # -- stall watchdog ----------------------------------------------------
 
@@ -351,11 +389,13 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         loop busy for more than ``threshold`` seconds.
 
         Each stall is reported twice on the ``ferroloop`` logger: once while
-        it is still going on (with the task, its coroutine and the loop
-        thread's stack down to the blocking line), and once with its total
-        duration when it ends. ``callback``, if given, receives the same
-        records (``ferroloop.StallRecord`` dicts), called from the watchdog
-        thread.
+        it is still going on (with the innermost line of the program's own
+        code, what it blocks in, the task, its coroutine and the loop
+        thread's stack), and once when it ends, with its total duration and
+        a profile of the stack samples taken meanwhile. ``callback``, if
+        given, receives the same records (``ferroloop.StallRecord`` dicts),
+        called from the watchdog thread. ``ferroloop.set_own_code`` says
+        which code is the program's.
 
         ``track_tasks`` (default: on, unless ``FERROLOOP_TRACK_TASKS=0``)
         also records where each task is created, so that task hygiene

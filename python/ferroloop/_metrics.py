@@ -49,6 +49,12 @@ class LoopMetrics(TypedDict):
     """Latest a timer has fired."""
     lag_samples_total: int
     """Timers whose lateness was measured."""
+    current_callback_age_seconds: float
+    """How long the callback or task step running now has been running (0
+    when the loop is not in one): the lag that whatever waits behind it has
+    already accumulated, which ``lag_*`` only counts once timers fire. A
+    lower bound: it is measured from when the watchdog (every tenth of its
+    threshold) or an earlier ``metrics()`` call first saw that callback."""
     tasks_alive: int
     """Tasks of the loop not yet done (0 once it is closed)."""
     stalls_total: int
@@ -116,6 +122,7 @@ def collect(loop: "Loop", previous: Optional[LoopMetrics]) -> LoopMetrics:
         "lag_p99_seconds": lag_p99,
         "lag_max_seconds": lag_max,
         "lag_samples_total": lag_samples,
+        "current_callback_age_seconds": (loop._current_callback_age() or 0.0) if not loop.is_closed() else 0.0,
         "tasks_alive": len(asyncio.all_tasks(loop)) if not loop.is_closed() else 0,
         "stalls_total": reporter.stalls if reporter is not None else 0,
         "bytes_received_total": received,
@@ -145,6 +152,7 @@ _FAMILIES = (
     ("ferroloop_wait_seconds", "counter", "Running time spent waiting in poll.", "wait_seconds_total"),
     ("ferroloop_utilisation_ratio", "gauge", "Busy share of the running time since the loop was created.", "utilisation_total"),
     ("ferroloop_loop_lag_max_seconds", "gauge", "Latest a timer has fired.", "lag_max_seconds"),
+    ("ferroloop_current_callback_age_seconds", "gauge", "How long the callback running now has been running (0 between callbacks).", "current_callback_age_seconds"),
     ("ferroloop_tasks", "gauge", "Tasks of the loop not yet done.", "tasks_alive"),
     ("ferroloop_stalls", "counter", "Stalls reported by the watchdog.", "stalls_total"),
     ("ferroloop_received_bytes", "counter", "Bytes read by the loop's socket transports (TCP, Unix, UDP).", "bytes_received_total"),

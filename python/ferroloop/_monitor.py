@@ -22,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
 
+from . import _culprit, _watchdog
 from ._metrics import LoopMetrics
 from ._watchdog import StallRecord
 
@@ -44,8 +45,10 @@ class TaskInfo(TypedDict):
     """What a pending task waits for: ``task 'name'``, ``sleep()``,
     ``future``... (None unless pending)."""
     where: Optional[str]
-    """``file:line`` where the task is suspended, in the program's code
-    rather than asyncio's when it can."""
+    """``file:line`` where the task is: for the running task, the innermost
+    frame of the program's own code on the loop thread's stack; for a
+    suspended one, the innermost coroutine of the program's own code it
+    awaits through (else the deepest that is not asyncio's)."""
 
 
 class LoopDiagnostics(TypedDict):
@@ -62,7 +65,9 @@ class LoopDiagnostics(TypedDict):
     watchdog: bool
     """Whether the stall watchdog is on."""
     stall: Optional[StallRecord]
-    """The stall going on, its duration brought up to date, or None."""
+    """The stall going on, its duration brought up to date, or None. Without
+    the watchdog, a record of what the live view's probe saw running
+    throughout (its duration a lower bound)."""
     metrics: LoopMetrics
     """``Loop.metrics()``."""
     tasks: list[TaskInfo]
@@ -177,6 +182,8 @@ def respond(request: str) -> dict[str, Any]:
 
     loops = sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
     before = {id(lp): lp._activity() for lp in loops}
+    for lp in loops:
+        lp._current_callback_age()  # starts timing the running callback, if any
     time.sleep(_STALL_PROBE_SECONDS)
     return {"pid": os.getpid(), "loops": [diagnostics(lp, before.get(id(lp))) for lp in loops]}
 
@@ -200,9 +207,11 @@ def _code_of(awaitable: Any) -> Any:
 
 
 def _where(chain: list[Any]) -> Optional[str]:
-    """The line the task is suspended at, in the deepest coroutine that is
-    not asyncio's own (``await asyncio.sleep(1)``, not the inside of sleep)."""
-    where = None
+    """The line the task is suspended at: in the innermost coroutine of the
+    program's own code (see ``ferroloop.set_own_code``), else in the deepest
+    one that is not asyncio's (``await asyncio.sleep(1)``, not the inside of
+    sleep)."""
+    where = own = None
     for awaitable in chain:
         code = _code_of(awaitable)
         frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
@@ -210,7 +219,22 @@ def _where(chain: list[Any]) -> Optional[str]:
             continue
         if where is None or not code.co_filename.startswith(_ASYNCIO_DIR):
             where = f"{code.co_filename}:{frame.f_lineno}"
-    return where
+        if _culprit.is_own_frame(frame):
+            own = f"{code.co_filename}:{frame.f_lineno}"
+    return own or where
+
+
+def suspended_at(task: asyncio.Task[Any]) -> Optional[str]:
+    """``file:line`` where a pending task is suspended (see ``_where``)."""
+    return _where(_await_chain(task.get_coro()))
+
+
+def _running_where(loop: "Loop") -> Optional[str]:
+    """Where the running task is now: the innermost frame of the program's
+    own code on the loop thread's stack."""
+    thread_id, frames = _watchdog._loop_thread_frames(loop)
+    culprit = _culprit.culprit_of(frames)
+    return f"{culprit.f_code.co_filename}:{culprit.f_lineno}" if culprit is not None else None
 
 
 def _awaiting(task: asyncio.Task[Any], chain: list[Any]) -> str:
@@ -258,6 +282,8 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
     running_task = asyncio.current_task(loop) if loop.is_running() else None
     tasks = [describe_task(t, running_task, now) for t in asyncio.all_tasks(loop)]
     tasks.sort(key=lambda t: (t["state"] != "running", -(t["age"] or 0)))
+    if tasks and tasks[0]["state"] == "running":
+        tasks[0]["where"] = _running_where(loop) or tasks[0]["where"]
     phase, callbacks, _ = loop._activity()
     stalled = (
         earlier_activity is not None
@@ -270,6 +296,10 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
         # The record was made when the stall crossed the threshold; it has
         # gone on since.
         stall = cast(StallRecord, dict(stall, duration=stall["duration"] + now - stall["reported_at"]))
+    elif stalled:
+        # No watchdog: describe what the probe saw running throughout.
+        age = loop._current_callback_age() or _STALL_PROBE_SECONDS
+        stall = _watchdog.describe_stall(loop, age, _STALL_PROBE_SECONDS)
     return {
         "loop": loop._run_clock.number,
         "running": loop.is_running(),
@@ -316,17 +346,23 @@ def render(state: dict[str, Any], with_metrics: bool = False) -> str:
         lines.append(f"pid {state['pid']}  loop {loop['loop']}  {status}  tasks {len(loop['tasks'])}")
         stall = loop.get("stall")
         if stall:
-            lines.append(
-                f"  stalled for {stall.get('duration', 0):.3f}s in task {stall.get('task')!r} "
-                f"({stall.get('coroutine')} at {stall.get('coroutine_location')})"
-            )
+            culprit = stall.get("culprit")
+            where = f" in {culprit[2]}() at {culprit[0]}:{culprit[1]}" if culprit else ""
+            if stall.get("blocking_kind"):
+                where += f" ({stall['blocking_kind']})"
+            task = f"; task {stall.get('task')!r} ({stall.get('coroutine')} at {stall.get('coroutine_location')})"
+            # Without the watchdog the stall is timed from the probe on.
+            bound = "" if loop["watchdog"] else "at least "
+            lines.append(f"  stalled for {bound}{stall.get('duration', 0):.3f}s{where}{task if stall.get('task') else ''}")
         if with_metrics:
             m = loop["metrics"]
             # Only the watchdog counts stalls; without it the count is unknown.
             stalls = f"stalls {m['stalls_total']}" if loop["watchdog"] else "stalls - (watchdog off)"
             lines.append(
                 f"  lag p50 {m['lag_p50_seconds'] * 1e3:.2f} ms  p99 {m['lag_p99_seconds'] * 1e3:.2f} ms"
-                f"  max {m['lag_max_seconds'] * 1e3:.2f} ms  utilisation {m['utilisation_total']:.0%}"
+                f"  max {m['lag_max_seconds'] * 1e3:.2f} ms"
+                f"  current callback {m.get('current_callback_age_seconds', 0.0) * 1e3:.0f} ms"
+                f"  utilisation {m['utilisation_total']:.0%}"
                 f"  callbacks/s {m['callbacks_per_second']:,.0f}  {stalls}"
             )
             lines.append(

@@ -636,6 +636,13 @@ impl LoopCore {
         self.io_counters.add_sent(sent);
     }
 
+    /// Seconds the callback running now has been running as far as the
+    /// watchdog or earlier calls saw (a lower bound), or None when the loop
+    /// runs no callback: see `activity.rs`.
+    fn _current_callback_age(&self) -> Option<f64> {
+        self.activity.observe_callback_age(clock::monotonic_ns()).map(|ns| ns as f64 / 1e9)
+    }
+
     /// (phase, callbacks started, iterations): see `activity.rs`.
     fn _activity(&self) -> (u8, u64, u64) {
         let snap = self.activity.snapshot();
