@@ -2,9 +2,10 @@
 # One command for the network benchmarks: installs what they need, then
 # compares asyncio, uvloop and ferroloop in the same run.
 #
-#   bash benchmarks/run_network.sh                  # echo.py, then http_bench.py (defaults: ~7 min)
+#   bash benchmarks/run_network.sh                  # echo.py, http_bench.py, churn.py (defaults: ~12 min)
 #   bash benchmarks/run_network.sh echo [ARGS...]   # only echo.py, e.g. echo --quick, echo --callgrind
 #   bash benchmarks/run_network.sh http [ARGS...]   # only http_bench.py, e.g. http --quick
+#   bash benchmarks/run_network.sh churn [ARGS...]  # only churn.py, e.g. churn --no-callgrind
 #
 # Installs uvloop, uvicorn and httptools into the project virtual environment
 # (.venv, see scripts/venv.sh), wrk (apt-get, if missing) and
@@ -21,10 +22,10 @@ cd "$(dirname "$0")/.."
 
 what=all
 case "${1:-}" in
-  echo|http|all) what=$1; shift ;;
+  echo|http|churn|all) what=$1; shift ;;
 esac
 if [[ $what == all && $# -gt 0 ]]; then
-  echo "usage: $0 [echo|http [ARGS...]]  (arguments need 'echo' or 'http' first)" >&2
+  echo "usage: $0 [echo|http|churn [ARGS...]]  (arguments need 'echo', 'http' or 'churn' first)" >&2
   exit 2
 fi
 
@@ -55,5 +56,9 @@ fi
 if [[ $what == http || $what == all ]]; then
   [[ $what == all ]] && echo
   "$VENV_PYTHON" benchmarks/http_bench.py "$@" || status=1
+fi
+if [[ $what == churn || $what == all ]]; then
+  [[ $what == all ]] && echo
+  "$VENV_PYTHON" benchmarks/churn.py "$@" || status=1
 fi
 exit $status
