@@ -20,13 +20,15 @@ from typing import Any, Coroutine, Optional, TypeVar
 from ._native import Handle, TimerHandle, __version__
 from ._loop import Loop
 from ._metrics import LoopMetrics, openmetrics_text
+from ._attach import allow_attach
 from ._monitor import LoopDiagnostics, TaskInfo
 from ._policy import EventLoopPolicy
+from ._task_history import FinishedTask
 from ._watchdog import StallRecord
 
 Loop.__module__ = __name__
 EventLoopPolicy.__module__ = __name__
-for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, StallRecord):
+for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, FinishedTask, StallRecord):
     _typed_dict.__module__ = __name__
 del _typed_dict
 
@@ -42,11 +44,19 @@ __all__ = [
     "LoopMetrics",
     "LoopDiagnostics",
     "TaskInfo",
+    "FinishedTask",
     "StallRecord",
+    "allow_attach",
     "__version__",
 ]
 
 _T = TypeVar("_T")
+
+# FERROLOOP_ATTACH_SIGNAL=SIGUSR1: the tools may switch the monitor on later.
+from ._attach import allow_attach_from_environment as _allow_attach_from_environment
+
+_allow_attach_from_environment()
+del _allow_attach_from_environment
 
 
 def new_event_loop() -> Loop:

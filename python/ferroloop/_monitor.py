@@ -1,10 +1,12 @@
 """The live view: a process's loops and tasks, served on a private Unix socket.
 
 ``FERROLOOP_MONITOR=1`` (or a socket path) makes the first ferroloop loop of
-a process start a monitor thread. It answers ``python -m ferroloop ps PID``
+a process start a monitor thread; under ``python -m ferroloop`` it is on
+unless ``FERROLOOP_MONITOR=0``. A process started otherwise can let itself
+be attached later (``allow_attach``, see ``_attach``). It answers ``python -m ferroloop ps PID``
 and ``top PID`` with a JSON snapshot of every open loop: its tasks (name,
-state, age, what each awaits and where), its metrics, and whether it is
-stalled. The thread is separate from the loop, so it answers while the loop
+state, age, what each awaits and where), the tasks that finished lately, its
+metrics, and whether it is stalled; ``cancel PID TASK`` cancels a task. The thread is separate from the loop, so it answers while the loop
 is stuck in a blocking call or in CPU work (the interpreter hands it the GIL
 within its switch interval). The socket lives in a directory only the owning
 user can enter and is itself mode 0600; nothing listens on the network.
@@ -20,9 +22,11 @@ import socket
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypedDict, cast
 
+from . import _task_history
 from ._metrics import LoopMetrics
+from ._task_history import FinishedTask
 from ._watchdog import StallRecord
 
 if TYPE_CHECKING:
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
 class TaskInfo(TypedDict):
     """One task of ``LoopDiagnostics["tasks"]``."""
 
+    id: int
+    """``id()`` of the task: what ``python -m ferroloop cancel`` takes
+    besides the name (ps shows it in hex)."""
     name: str
     """The task's name."""
     state: Literal["running", "pending", "done"]
@@ -68,22 +75,40 @@ class LoopDiagnostics(TypedDict):
     tasks: list[TaskInfo]
     """The loop's tasks not yet collected, the running one first, then the
     oldest first."""
+    finished: list[FinishedTask]
+    """The last tasks to finish, the most recent first (recorded while the
+    monitor is on; empty otherwise)."""
 
 ENV_VARIABLE = "FERROLOOP_MONITOR"
-_REQUEST_LIMIT = 64
+_REQUEST_LIMIT = 4096
 _STALL_PROBE_SECONDS = 0.05
+# How long a cancel request waits for the loop to run task.cancel().
+_CANCEL_DELIVERY_SECONDS = 1.0
+CANCEL_MESSAGE = "cancelled by python -m ferroloop cancel"
 
-_lock = threading.Lock()
+# Reentrant: an attach signal can arrive while the main thread holds it.
+_lock = threading.RLock()
 _server: Optional["MonitorServer"] = None
+_on_by_default = False
+_loop_observers: list[Callable[["Loop"], None]] = []
 
 
 def default_socket_path(pid: int) -> str:
     return os.path.join(f"/tmp/ferroloop-{os.getuid()}", f"{pid}.sock")
 
 
+def turn_on_by_default() -> None:
+    """Start the monitor without FERROLOOP_MONITOR (``python -m ferroloop``
+    does this; ``FERROLOOP_MONITOR=0`` still turns it off)."""
+    global _on_by_default
+    _on_by_default = True
+
+
 def requested_path() -> Optional[str]:
     """The socket path FERROLOOP_MONITOR asks for, or None when it is off."""
     value = os.environ.get(ENV_VARIABLE, "").strip()
+    if value == "" and _on_by_default:
+        value = "1"
     if value in ("", "0"):
         return None
     if value == "1":
@@ -91,7 +116,7 @@ def requested_path() -> Optional[str]:
     return value
 
 
-def _private_directory(path: str) -> None:
+def private_directory(path: str) -> None:
     """Create the socket's directory for this user only, or check that an
     existing one is ours and closed to others."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -106,25 +131,85 @@ def _private_directory(path: str) -> None:
             ) from None
 
 
+def sweep_stale_files(directory: str) -> None:
+    """Remove the sockets and attach notes of this user's processes that
+    are gone without cleaning up (killed by a signal)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        stem, dot, kind = name.partition(".")
+        if not dot or kind not in ("sock", "attach") or not stem.isdigit() or int(stem) == os.getpid():
+            continue
+        try:
+            os.kill(int(stem), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive, or not ours to judge
+
+
+def add_loop_observer(observer: Callable[["Loop"], None]) -> None:
+    """Have ``observer(loop)`` called with each ferroloop loop created from
+    now on, at the end of its construction."""
+    _loop_observers.append(observer)
+
+
+def remove_loop_observer(observer: Callable[["Loop"], None]) -> None:
+    if observer in _loop_observers:
+        _loop_observers.remove(observer)
+
+
 def start_for(loop: "Loop") -> None:
-    """Start the process's monitor if FERROLOOP_MONITOR asks for one, and
-    track the loop's task creation times for it."""
+    """Called by every new loop: start the process's monitor if
+    FERROLOOP_MONITOR asks for one (or it runs already, started by an
+    attach), and tell the loop observers."""
+    for observer in list(_loop_observers):
+        observer(loop)
     path = requested_path()
-    if path is None:
+    if path is None and _server is None:
+        return
+    _monitor_loop(loop)
+    if path is not None:
+        start_server(path)
+
+
+def _monitor_loop(loop: "Loop") -> None:
+    """Track the loop's task creation times and finished tasks for the view."""
+    if loop.is_closed():
         return
     loop._monitored = True
     loop._refresh_tracking()
+    _task_history.start_recording(loop)
+
+
+def start_server(path: str) -> "MonitorServer":
+    """Start the process's monitor on ``path``, unless one runs already,
+    and monitor every open loop."""
+    from ._metrics import _live_loops
+
     global _server
     with _lock:
         if _server is None:
             _server = MonitorServer(path)
             _server.start()
+            if path == default_socket_path(os.getpid()):
+                sweep_stale_files(os.path.dirname(path))
+        server = _server
+    for loop in list(_live_loops):
+        if not loop._monitored:
+            _monitor_loop(loop)
+    return server
 
 
 class MonitorServer:
     def __init__(self, path: str) -> None:
         self.path = path
-        _private_directory(path)
+        private_directory(path)
         if os.path.exists(path):
             os.unlink(path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -164,21 +249,87 @@ class MonitorServer:
             with connection:
                 try:
                     connection.settimeout(5)
-                    request = connection.recv(_REQUEST_LIMIT).decode("ascii", "replace").strip()
+                    request = _read_request(connection)
                     connection.sendall(json.dumps(respond(request)).encode() + b"\n")
                 except OSError:
                     continue
 
 
-def respond(request: str) -> dict[str, Any]:
-    if request not in ("ps", "top"):
-        return {"error": f"unknown request {request!r}; expected 'ps' or 'top'"}
+def _read_request(connection: socket.socket) -> str:
+    """One request line (a client may send it in pieces)."""
+    data = b""
+    while b"\n" not in data and len(data) < _REQUEST_LIMIT:
+        chunk = connection.recv(_REQUEST_LIMIT - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _open_loops() -> list["Loop"]:
     from ._metrics import _live_loops
 
-    loops = sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+    return sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+
+
+def respond(request: str) -> dict[str, Any]:
+    command, _, argument = request.partition(" ")
+    if command == "cancel" and argument.strip():
+        return cancel(argument.strip())
+    if request not in ("ps", "top"):
+        return {"error": f"unknown request {request!r}; expected 'ps', 'top' or 'cancel TASK'"}
+    loops = _open_loops()
     before = {id(lp): lp._activity() for lp in loops}
     time.sleep(_STALL_PROBE_SECONDS)
     return {"pid": os.getpid(), "loops": [diagnostics(lp, before.get(id(lp))) for lp in loops]}
+
+
+def _task_id(text: str) -> Optional[int]:
+    """A task id as ps shows it (hex with 0x) or in decimal."""
+    try:
+        return int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        return None
+
+
+def find_tasks(spec: str) -> list[tuple["Loop", "asyncio.Task[Any]"]]:
+    """The pending tasks of the process whose id or else whose name is ``spec``."""
+    everything = [(lp, task) for lp in _open_loops() for task in asyncio.all_tasks(lp)]
+    wanted_id = _task_id(spec)
+    by_id = [(lp, task) for lp, task in everything if id(task) == wanted_id]
+    if by_id:
+        return by_id
+    return [(lp, task) for lp, task in everything if task.get_name() == spec]
+
+
+def cancel(spec: str) -> dict[str, Any]:
+    """Cancel the task named (or with the id) ``spec``, on its loop's
+    thread; waits a moment for the loop to do it."""
+    found = find_tasks(spec)
+    if not found:
+        finished = [t for lp in _open_loops() for t in _task_history.recent(lp)]
+        if any(t["name"] == spec or t["id"] == _task_id(spec) for t in finished):
+            return {"error": f"task {spec!r} has already finished", "reason": "finished"}
+        return {"error": f"no task {spec!r} (give a name or an id as ps shows it)", "reason": "unknown"}
+    if len(found) > 1:
+        ids = ", ".join(hex(id(task)) for _, task in found)
+        return {"error": f"{len(found)} tasks are named {spec!r}; give one of their ids: {ids}", "reason": "ambiguous"}
+    [(loop, task)] = found
+    delivered = threading.Event()
+
+    def cancel_on_the_loop() -> None:
+        task.cancel(CANCEL_MESSAGE)
+        delivered.set()
+
+    loop.call_soon_threadsafe(cancel_on_the_loop)
+    delivered.wait(_CANCEL_DELIVERY_SECONDS)
+    return {
+        "pid": os.getpid(),
+        "loop": loop._run_clock.number,
+        "task": {"id": id(task), "name": task.get_name()},
+        "delivered": delivered.is_set(),
+        "running": loop.is_running(),
+    }
 
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -242,6 +393,7 @@ def describe_task(task: asyncio.Task[Any], running: Optional[asyncio.Task[Any]],
     else:
         state = "pending"
     return {
+        "id": id(task),
         "name": task.get_name(),
         "state": state,
         "age": now - created if created is not None else None,
@@ -278,6 +430,7 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
         "stall": stall,
         "metrics": loop.metrics(),
         "tasks": tasks,
+        "finished": _task_history.recent(loop),
     }
 
 
@@ -308,6 +461,15 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds / 60:.1f}m"
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns; the last one is not padded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return [
+        "  " + "  ".join([*(str(cell).ljust(width) for cell, width in zip(row, widths)), str(row[-1])])
+        for row in [header, *rows]
+    ]
+
+
 def render(state: dict[str, Any], with_metrics: bool = False) -> str:
     """The ps/top text of a monitor snapshot."""
     lines = []
@@ -333,15 +495,21 @@ def render(state: dict[str, Any], with_metrics: bool = False) -> str:
                 f"  transports {m['open_transports']}  bytes in {m['bytes_received_total']:,}"
                 f"  out {m['bytes_sent_total']:,}"
             )
-        header = ("NAME", "STATE", "AGE", "AWAITING", "WHERE")
-        rows = [
-            (t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")
+        header = ("ID", "NAME", "STATE", "AGE", "AWAITING", "WHERE")
+        rows: list[tuple[str, ...]] = [
+            (hex(t["id"]), t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")
             for t in loop["tasks"]
         ]
-        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-        for row in [header, *rows]:
-            cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
-            lines.append("  " + "  ".join([*cells, str(row[-1])]))
+        lines.extend(_table(header, rows))
+        finished = loop.get("finished") or []
+        if finished:
+            now = time.time()
+            lines.append(f"  recently finished (last {len(finished)}, most recent first):")
+            rows = [
+                (hex(t["id"]), t["name"], t["outcome"], f"{_age(now - t['finished_at'])} ago", t["detail"] or "-")
+                for t in finished
+            ]
+            lines.extend(_table(("ID", "NAME", "ENDED", "WHEN", "DETAIL"), rows))
     if not lines:
         lines.append(f"pid {state.get('pid')}: no open ferroloop loop")
     return "\n".join(lines)
