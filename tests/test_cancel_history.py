@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from ferroloop import _monitor, _task_history
+from ferroloop import FinishedTask, _monitor, _task_history
 
 PROGRAM = textwrap.dedent(
     """
@@ -131,6 +131,7 @@ def test_ps_lists_recently_finished_tasks_and_how_they_ended(program):
     assert (by_name["quick-24"]["outcome"], by_name["quick-24"]["detail"]) == ("result", "48")
     assert (by_name["quick-21"]["outcome"], by_name["quick-21"]["detail"]) == ("exception", "ValueError: bad input 21")
     assert all(t["coroutine"] == "quick" and t["finished_at"] > 0 for t in finished)
+    assert all(set(t) == set(FinishedTask.__annotations__) for t in finished)
     out = cli("ps", str(proc.pid))
     assert "recently finished (last 20, most recent first):" in out.stdout
     lines = out.stdout.splitlines()
