@@ -56,10 +56,15 @@ def program(tmp_path):
     script.write_text(PROGRAM)
     started = []
 
-    def start(quick_tasks: int):
+    def start(quick_tasks: int, monitor: str = ""):
+        # Without FERROLOOP_MONITOR the view starts recording at the first
+        # request; with it, from the start.
+        env = {k: v for k, v in os.environ.items() if k != "FERROLOOP_MONITOR"}
+        if monitor:
+            env["FERROLOOP_MONITOR"] = monitor
         proc = subprocess.Popen(
             [sys.executable, "-m", "ferroloop", str(script), str(quick_tasks)],
-            env={k: v for k, v in os.environ.items() if k != "FERROLOOP_MONITOR"},
+            env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         started.append(proc)
@@ -106,7 +111,7 @@ def test_cancel_by_id_as_ps_shows_it(program):
 
 
 def test_cancel_errors(program):
-    proc = program(2)
+    proc = program(2, monitor="1")
     unknown = cli("cancel", str(proc.pid), "nope")
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert unknown.stderr == (
@@ -123,7 +128,7 @@ def test_cancel_errors(program):
 
 
 def test_ps_lists_recently_finished_tasks_and_how_they_ended(program):
-    proc = program(25)
+    proc = program(25, monitor="1")
     finished = tasks_of(proc.pid)["finished"]
     assert len(finished) == _task_history.HISTORY_LENGTH == 20
     assert [t["name"] for t in finished] == [f"quick-{n}" for n in range(24, 4, -1)]  # most recent first
@@ -137,6 +142,14 @@ def test_ps_lists_recently_finished_tasks_and_how_they_ended(program):
     lines = out.stdout.splitlines()
     row = next(line for line in lines if " quick-21 " in line)
     assert "exception" in row and "ago" in row and row.rstrip().endswith("ValueError: bad input 21")
+
+
+def test_without_FERROLOOP_MONITOR_the_history_starts_at_the_first_request(program):
+    proc = program(3)
+    assert tasks_of(proc.pid)["finished"] == []
+    assert cli("cancel", str(proc.pid), "idler").returncode == 0
+    assert proc.stdout.readline().startswith("idler got")
+    assert [t["name"] for t in tasks_of(proc.pid)["finished"]] == ["idler"]
 
 
 def test_the_history_does_not_retrieve_exceptions(loop, caplog):

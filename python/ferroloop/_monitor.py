@@ -90,6 +90,10 @@ CANCEL_MESSAGE = "cancelled by python -m ferroloop cancel"
 _lock = threading.RLock()
 _server: Optional["MonitorServer"] = None
 _on_by_default = False
+# Whether the loops record task ages and finished tasks for the view: from
+# the start with FERROLOOP_MONITOR, else from the first request on (it
+# costs create_task and every task's end a little).
+_watching = False
 _loop_observers: list[Callable[["Loop"], None]] = []
 
 
@@ -98,16 +102,19 @@ def default_socket_path(pid: int) -> str:
 
 
 def turn_on_by_default() -> None:
-    """Start the monitor without FERROLOOP_MONITOR (``python -m ferroloop``
-    does this; ``FERROLOOP_MONITOR=0`` still turns it off)."""
+    """Serve the view without FERROLOOP_MONITOR (``python -m ferroloop``
+    does this; ``FERROLOOP_MONITOR=0`` still turns it off). The loops start
+    recording task ages and finished tasks when the view is first asked for."""
     global _on_by_default
     _on_by_default = True
 
 
-def requested_path() -> Optional[str]:
-    """The socket path FERROLOOP_MONITOR asks for, or None when it is off."""
+def requested_path(explicit_only: bool = False) -> Optional[str]:
+    """The socket path FERROLOOP_MONITOR asks for (or, unless
+    ``explicit_only``, the default one when the monitor is on by default),
+    or None when it is off."""
     value = os.environ.get(ENV_VARIABLE, "").strip()
-    if value == "" and _on_by_default:
+    if value == "" and _on_by_default and not explicit_only:
         value = "1"
     if value in ("", "0"):
         return None
@@ -166,16 +173,18 @@ def remove_loop_observer(observer: Callable[["Loop"], None]) -> None:
 
 def start_for(loop: "Loop") -> None:
     """Called by every new loop: start the process's monitor if
-    FERROLOOP_MONITOR asks for one (or it runs already, started by an
-    attach), and tell the loop observers."""
+    FERROLOOP_MONITOR asks for one (or it is on by default), and tell the
+    loop observers."""
     for observer in list(_loop_observers):
         observer(loop)
     path = requested_path()
-    if path is None and _server is None:
+    if path is None:
+        if _watching:  # the monitor runs, started by an attach
+            _monitor_loop(loop)
         return
-    _monitor_loop(loop)
-    if path is not None:
-        start_server(path)
+    start_server(path, watch=requested_path(explicit_only=True) is not None)
+    if _watching:
+        _monitor_loop(loop)
 
 
 def _monitor_loop(loop: "Loop") -> None:
@@ -187,11 +196,9 @@ def _monitor_loop(loop: "Loop") -> None:
     _task_history.start_recording(loop)
 
 
-def start_server(path: str) -> "MonitorServer":
-    """Start the process's monitor on ``path``, unless one runs already,
-    and monitor every open loop."""
-    from ._metrics import _live_loops
-
+def start_server(path: str, watch: bool = True) -> "MonitorServer":
+    """Start the process's monitor on ``path``, unless one runs already;
+    with ``watch``, have every loop record for it from now on."""
     global _server
     with _lock:
         if _server is None:
@@ -200,10 +207,21 @@ def start_server(path: str) -> "MonitorServer":
             if path == default_socket_path(os.getpid()):
                 sweep_stale_files(os.path.dirname(path))
         server = _server
+    if watch:
+        watch_all_loops()
+    return server
+
+
+def watch_all_loops() -> None:
+    """Have every open loop, and the loops created later, record task ages
+    and finished tasks for the view."""
+    from ._metrics import _live_loops
+
+    global _watching
+    _watching = True
     for loop in list(_live_loops):
         if not loop._monitored:
             _monitor_loop(loop)
-    return server
 
 
 class MonitorServer:
@@ -273,6 +291,8 @@ def _open_loops() -> list["Loop"]:
 
 
 def respond(request: str) -> dict[str, Any]:
+    if not _watching:
+        watch_all_loops()
     command, _, argument = request.partition(" ")
     if command == "cancel" and argument.strip():
         return cancel(argument.strip())

@@ -1,7 +1,11 @@
 """The live view's record of recently finished tasks: how each ended and when.
 
-A monitored loop wraps its ``create_task`` so that each new task gets one
-done callback, which files the outcome in a bounded history. The callback
+A monitored loop wraps its ``create_task`` so that each new task (and each
+task pending when the recording starts) gets one done callback, which
+files the outcome in a bounded history. That costs every task's end a
+callback, so the recording starts with the monitor only when
+``FERROLOOP_MONITOR`` asks for it, and otherwise at the view's first
+request. The callback
 reads the exception without retrieving it, so "Task exception was never
 retrieved" is still reported for a task nobody awaited.
 """
@@ -13,7 +17,7 @@ import collections
 import contextvars
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -44,33 +48,39 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 3] + "..."
 
 
-def describe_outcome(task: "asyncio.Task[Any]") -> FinishedTask:
-    coro = task.get_coro()
-    outcome: Literal["result", "exception", "cancelled"]
+# (id, name, coroutine, outcome, detail, finished_at): a tuple while kept,
+# since every task's end makes one.
+_Entry = tuple[int, str, str, str, str, float]
+
+
+def outcome_of(task: "asyncio.Task[Any]") -> tuple[str, str]:
+    """How a done task ended, and the detail: its result's repr, the
+    exception, or the cancel message."""
     if task.cancelled():
-        outcome = "cancelled"
         try:
             task.result()  # a cancelled task has no exception to mark retrieved
-            detail = ""
         except asyncio.CancelledError as cancelled:
-            detail = str(cancelled.args[0]) if cancelled.args else ""
-    else:
-        # task.exception() would mark the exception retrieved and silence
-        # asyncio's report of an exception nobody looked at.
-        exception: Optional[BaseException] = getattr(task, "_exception", None)
-        if exception is not None:
-            outcome = "exception"
-            detail = f"{type(exception).__qualname__}: {exception}" if str(exception) else type(exception).__qualname__
-        else:
-            outcome = "result"
-            detail = repr(getattr(task, "_result", None))
+            return "cancelled", str(cancelled.args[0]) if cancelled.args else ""
+        return "cancelled", ""
+    # task.exception() would mark the exception retrieved and silence
+    # asyncio's report of an exception nobody looked at.
+    exception: Optional[BaseException] = getattr(task, "_exception", None)
+    if exception is not None:
+        message = str(exception)
+        return "exception", f"{type(exception).__qualname__}: {message}" if message else type(exception).__qualname__
+    result = getattr(task, "_result", None)
+    return "result", "None" if result is None else _shorten(repr(result))
+
+
+def _as_finished(entry: _Entry) -> FinishedTask:
+    task_id, name, coroutine, outcome, detail, finished_at = entry
     return {
-        "id": id(task),
-        "name": task.get_name(),
-        "coroutine": getattr(coro, "__qualname__", type(coro).__name__),
-        "outcome": outcome,
+        "id": task_id,
+        "name": name,
+        "coroutine": coroutine,
+        "outcome": cast(Literal["result", "exception", "cancelled"], outcome),
         "detail": _shorten(detail),
-        "finished_at": time.time(),
+        "finished_at": finished_at,
     }
 
 
@@ -78,7 +88,7 @@ class TaskHistory:
     """The last ``HISTORY_LENGTH`` tasks of one loop to finish."""
 
     def __init__(self) -> None:
-        self._finished: collections.deque[FinishedTask] = collections.deque(maxlen=HISTORY_LENGTH)
+        self._finished: collections.deque[_Entry] = collections.deque(maxlen=HISTORY_LENGTH)
         # The done callbacks run in a context of their own: they touch no
         # context variable, and copying the caller's for each task would cost
         # more than the record.
@@ -88,11 +98,15 @@ class TaskHistory:
         task.add_done_callback(self._record, context=self._context)
 
     def _record(self, task: "asyncio.Task[Any]") -> None:
-        self._finished.append(describe_outcome(task))
+        coro = task.get_coro()
+        outcome, detail = outcome_of(task)
+        self._finished.append(
+            (id(task), task.get_name(), getattr(coro, "__qualname__", None) or type(coro).__name__, outcome, detail, time.time())
+        )
 
     def recent(self) -> list[FinishedTask]:
         """The finished tasks, the most recent first."""
-        return list(reversed(list(self._finished)))
+        return [_as_finished(entry) for entry in reversed(list(self._finished))]
 
 
 def start_recording(loop: "Loop") -> TaskHistory:
@@ -101,6 +115,11 @@ def start_recording(loop: "Loop") -> TaskHistory:
     if history is not None:
         return history
     history = TaskHistory()
+    # The tasks that exist already are watched too, from the loop's thread
+    # (this may run on the monitor's).
+    existing = list(asyncio.all_tasks(loop))
+    if existing:
+        loop.call_soon_threadsafe(_watch_all, history, existing)
     native_create_task = type(loop).create_task
     # Weakly: the loop holds this function, which must not keep it alive
     # (an unclosed loop is reported when it is freed).
@@ -121,6 +140,11 @@ def start_recording(loop: "Loop") -> TaskHistory:
     loop.__dict__["create_task"] = create_task
     loop.__dict__["_task_history"] = history
     return history
+
+
+def _watch_all(history: TaskHistory, tasks: list["asyncio.Task[Any]"]) -> None:
+    for task in tasks:
+        history.watch(task)
 
 
 def recent(loop: "Loop") -> list[FinishedTask]:
