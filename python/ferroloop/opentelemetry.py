@@ -80,7 +80,10 @@ def culprit(record: "StallRecord") -> str:
         described = f"task {task!r}"
         if record.get("coroutine"):
             described += f" (coroutine {record['coroutine']}() at {record.get('coroutine_location')})"
-        return described + (f", blocking in {innermost}" if innermost else "")
+        blocking = f"{stack[-1][0]}:{stack[-1][1]}" if stack else None
+        if innermost and blocking != record.get("coroutine_location"):
+            described += f", blocking in {innermost}"
+        return described
     return f"callback {innermost}" if innermost else "unknown callback"
 
 
