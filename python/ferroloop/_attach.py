@@ -52,7 +52,12 @@ def process_start_time(pid: int) -> Optional[str]:
 
 
 def _on_attach_signal(signum: int, frame: Optional[FrameType]) -> None:
-    _monitor.start_server(_monitor.default_socket_path(os.getpid()))
+    # The handler interrupts whatever the main thread was doing; the
+    # monitor starts from a thread of its own instead.
+    threading.Thread(
+        target=_monitor.start_server, args=(_monitor.default_socket_path(os.getpid()),),
+        name="ferroloop-attach", daemon=True,
+    ).start()
 
 
 def parse_signal(value: Union[int, str]) -> signal.Signals:

@@ -70,7 +70,9 @@ class StrictCollector:
 
     def __init__(self, stall_threshold: float) -> None:
         self.stall_threshold = stall_threshold
-        self._lock = threading.Lock()
+        # Reentrant: a finalizer run by a collection inside begin() or end()
+        # reports here too.
+        self._lock = threading.RLock()
         self._findings: Optional[list[str]] = None
         self._loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
 
