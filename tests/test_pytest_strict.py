@@ -191,6 +191,39 @@ def test_a_failing_test_keeps_its_own_failure_with_the_report_beside_it(project)
     result.stdout.fnmatch_lines(["*assert 1 == 2*", "*ferroloop strict mode*", "*coroutine 'fetch' was never awaited"])
 
 
+def test_what_a_fixtures_teardown_leaves_is_an_error_at_teardown(project):
+    project.makepyfile(
+        test_fixture="""
+        import asyncio
+
+        import pytest
+        import pytest_asyncio
+
+        async def fails():
+            raise OSError("flushing the cache failed")
+
+        @pytest_asyncio.fixture
+        async def cache():
+            yield
+            asyncio.get_running_loop().create_task(fails(), name="flush")
+            await asyncio.sleep(0.01)
+
+        @pytest.mark.asyncio
+        async def test_uses_the_cache(cache):
+            pass
+        """
+    )
+    result = project.runpytest_subprocess(*STRICT, "test_fixture.py")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_uses_the_cache*",
+        "ferroloop strict mode: 1 problem while the test ran:",
+        "Task exception was never retrieved",
+        "*name='flush'*",
+        "OSError: flushing the cache failed",
+    ])
+
+
 def test_a_bad_stall_threshold_is_a_usage_error(project):
     result = project.runpytest_subprocess("--ferroloop-strict", "--ferroloop-stall=fast")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
