@@ -205,3 +205,10 @@ def test_cli_help_lists_the_inspection_commands():
     assert result.returncode == 0
     for line in ("python -m ferroloop ps PID", "python -m ferroloop cancel PID TASK", "ferroloop.allow_attach"):
         assert line in result.stdout
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="the refusal is for versions without sys.remote_exec")
+def test_cli_remote_exec_needs_python_3_14():
+    result = _cli("ps", str(os.getpid()), "--remote-exec")
+    assert result.returncode == 2
+    assert "--remote-exec needs Python 3.14 or later (sys.remote_exec)" in result.stderr

@@ -57,13 +57,22 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
     if command == "cancel":
         parser.add_argument("task", help="the task's name, or its id as ps shows it")
     parser.add_argument("--socket", help="monitor socket path (default: the per-user path for PID)")
+    parser.add_argument(
+        "--remote-exec", action="store_true",
+        help="Python 3.14+: start the monitor of a process that did not allow attaching, "
+        "through sys.remote_exec (runs code in that process)",
+    )
     if command == "top":
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     options = parser.parse_args(arguments)
     prog = f"python -m ferroloop {command}"
+    from ferroloop import _attach
+
+    if options.remote_exec and not _attach.remote_exec_available():
+        parser.error("--remote-exec needs Python 3.14 or later (sys.remote_exec)")
     request = f"cancel {options.task}" if command == "cancel" else command
     try:
-        state = _query_or_attach(options.pid, request, options.socket)
+        state = _query_or_attach(options.pid, request, options.socket, options.remote_exec)
         if command == "cancel":
             _report_cancel(prog, options.pid, state)
         elif command == "ps":
@@ -85,14 +94,14 @@ def _inspect(command: str, arguments: Sequence[str]) -> None:
         pass
 
 
-def _query_or_attach(pid: int, request: str, path: Optional[str]) -> dict[str, Any]:
+def _query_or_attach(pid: int, request: str, path: Optional[str], remote_exec: bool = False) -> dict[str, Any]:
     """Ask the monitor; with no socket at the default path, attach first if
     the process allowed it (see ``_attach``)."""
     from ferroloop import _attach, _monitor
 
     if path is None and not os.path.exists(_monitor.default_socket_path(pid)) and _running(pid):
         try:
-            _attach.attach(pid)
+            _attach.attach(pid, remote_exec=remote_exec)
         except LookupError:
             raise FileNotFoundError(pid) from None
         # The socket exists once bound; it listens a moment later.

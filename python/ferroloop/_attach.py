@@ -9,9 +9,10 @@ sends the signal and waits for the socket. A process without the note is
 never sent anything: the signal it did not ask for would, by default, kill
 it.
 
-On Python 3.14+, ``sys.remote_exec`` can start the monitor of a process
-that took no step at all (the debugger interface; same user, and the
-process must not have remote debugging disabled).
+On Python 3.14+, ``--remote-exec`` has ``sys.remote_exec`` start the
+monitor of a process that took no step at all (the debugger interface: same
+user, ptrace allowed, remote debugging not disabled in the target). It runs
+code in the target, so it is asked for explicitly, never tried by default.
 """
 
 from __future__ import annotations
@@ -193,16 +194,24 @@ def _clean_scripts() -> None:
             pass
 
 
-def attach(pid: int, timeout: float = 5.0) -> str:
-    """Switch on the monitor of a process that allowed it; returns how
-    ("signal SIGUSR1" or "sys.remote_exec"). Raises LookupError when the
-    process gave no way, TimeoutError when its socket did not appear."""
+def remote_exec_available() -> bool:
+    return hasattr(sys, "remote_exec")
+
+
+def attach(pid: int, timeout: float = 5.0, remote_exec: bool = False) -> str:
+    """Switch on the monitor of a process that allowed it (or, with
+    ``remote_exec``, through ``sys.remote_exec``); returns how ("signal
+    SIGUSR1" or "sys.remote_exec"). Raises LookupError when there is no
+    way, TimeoutError when its socket did not appear."""
     socket_path = _monitor.default_socket_path(pid)
     chosen = read_note(pid)
     if chosen is not None:
-        os.kill(pid, chosen)
+        try:
+            os.kill(pid, chosen)
+        except OSError:  # gone meanwhile, or not ours after all
+            raise LookupError(pid) from None
         how = f"signal {chosen.name}"
-    elif _remote_exec(pid):
+    elif remote_exec and _remote_exec(pid):
         how = "sys.remote_exec"
     else:
         raise LookupError(pid)
