@@ -2,14 +2,16 @@
 
 ``FERROLOOP_MONITOR=1`` (or a socket path) makes the first ferroloop loop of
 a process start a monitor thread; under ``python -m ferroloop`` it is on
-unless ``FERROLOOP_MONITOR=0``. A process started otherwise can let itself
-be attached later (``allow_attach``, see ``_attach``). It answers ``python -m ferroloop ps PID``
-and ``top PID`` with a JSON snapshot of every open loop: its tasks (name,
-state, age, what each awaits and where), the tasks that finished lately, its
-metrics, and whether it is stalled; ``cancel PID TASK`` cancels a task. The thread is separate from the loop, so it answers while the loop
-is stuck in a blocking call or in CPU work (the interpreter hands it the GIL
-within its switch interval). The socket lives in a directory only the owning
-user can enter and is itself mode 0600; nothing listens on the network.
+unless ``FERROLOOP_MONITOR=0``, and a process started otherwise can let the
+tools switch it on later (``allow_attach``, see ``_attach``). It answers
+``python -m ferroloop ps PID`` and ``top PID`` with a JSON snapshot of every
+open loop: its tasks (name, state, age, what each awaits and where), the
+tasks that finished lately, its metrics, and whether it is stalled; and
+``cancel PID TASK`` by cancelling the task. The thread is separate from the
+loop, so it answers while the loop is stuck in a blocking call or in CPU
+work (the interpreter hands it the GIL within its switch interval). The
+socket lives in a directory only the owning user can enter and is itself
+mode 0600; nothing listens on the network.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ class LoopDiagnostics(TypedDict):
     """The loop's tasks not yet collected, the running one first, then the
     oldest first."""
     finished: list[FinishedTask]
-    """The last tasks to finish, the most recent first (recorded while the
-    monitor is on; empty otherwise)."""
+    """The last tasks to finish, the most recent first, since the view
+    started recording (at start with FERROLOOP_MONITOR, else at its first
+    request); empty for a loop nobody watches."""
 
 ENV_VARIABLE = "FERROLOOP_MONITOR"
 _REQUEST_LIMIT = 4096
@@ -86,8 +89,7 @@ _STALL_PROBE_SECONDS = 0.05
 _CANCEL_DELIVERY_SECONDS = 1.0
 CANCEL_MESSAGE = "cancelled by python -m ferroloop cancel"
 
-# Reentrant: an attach signal can arrive while the main thread holds it.
-_lock = threading.RLock()
+_lock = threading.Lock()
 _server: Optional["MonitorServer"] = None
 _on_by_default = False
 # Whether the loops record task ages and finished tasks for the view: from
