@@ -224,6 +224,31 @@ def test_what_a_fixtures_teardown_leaves_is_an_error_at_teardown(project):
     ])
 
 
+def test_a_lenient_test_is_not_failed(project):
+    project.makepyfile(
+        test_lenient="""
+        import pytest
+
+        async def fetch():
+            return 1
+
+        @pytest.mark.ferroloop_lenient
+        @pytest.mark.asyncio
+        async def test_drops_a_coroutine_on_purpose():
+            fetch()
+
+        @pytest.mark.asyncio
+        async def test_drops_one_by_mistake():
+            fetch()
+        """
+    )
+    result = project.runpytest_subprocess(*STRICT, "--strict-markers", "test_lenient.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_lenient.py::test_drops_one_by_mistake - *"])
+    # The marker is known without strict mode too.
+    assert project.runpytest_subprocess("--strict-markers", "test_lenient.py").ret == 0
+
+
 def test_a_bad_stall_threshold_is_a_usage_error(project):
     result = project.runpytest_subprocess("--ferroloop-strict", "--ferroloop-stall=fast")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -23,7 +23,7 @@ Strict mode (``--ferroloop-strict``, ini ``ferroloop_strict``, or
 during which a loop stalled for longer than ``--ferroloop-stall`` (default
 100ms), a task was destroyed pending, an exception was never retrieved, or
 a coroutine was never awaited; the failure shows the report (see
-``_pytest_strict``).
+``_pytest_strict``). ``@pytest.mark.ferroloop_lenient`` exempts a test.
 
 Overriding the ``event_loop_policy`` or ``anyio_backend`` fixture instead
 would not do: pytest-asyncio 1.x warns about any override of
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 ENV_VARIABLE = "FERROLOOP_PYTEST"
 STRICT_ENV_VARIABLE = "FERROLOOP_PYTEST_STRICT"
+LENIENT_MARKER = "ferroloop_lenient"
 DEFAULT_STALL = "100ms"
 _TRUE = ("1", "true", "yes", "on")
 
@@ -102,6 +103,9 @@ def stall_threshold(config: pytest.Config) -> float:
 # still choose another policy.
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{LENIENT_MARKER}: ferroloop's strict mode does not fail this test (it tests a pitfall on purpose)"
+    )
     if not enabled(config):
         return
     with warnings.catch_warnings():
@@ -154,7 +158,7 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
-    collector = item.config.stash.get(_collector, None)
+    collector = _collector_for(item)
     if collector is None:
         return (yield)
     # Setup's findings are reported with the call's.
@@ -164,7 +168,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    collector = item.config.stash.get(_collector, None)
+    collector = _collector_for(item)
     if collector is None:
         return (yield)
     return (yield from _strict_phase(item, collector, "call"))
@@ -172,11 +176,17 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Generator[None, object, object]:
-    collector = item.config.stash.get(_collector, None)
+    collector = _collector_for(item)
     if collector is None:
         return (yield)
     collector.begin()
     return (yield from _strict_phase(item, collector, "teardown"))
+
+
+def _collector_for(item: pytest.Item) -> Optional[StrictCollector]:
+    if item.get_closest_marker(LENIENT_MARKER) is not None:
+        return None
+    return item.config.stash.get(_collector, None)
 
 
 def _strict_phase(item: pytest.Item, collector: StrictCollector, when: str) -> Generator[None, object, object]:
