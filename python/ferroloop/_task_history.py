@@ -60,7 +60,12 @@ def outcome_of(task: "asyncio.Task[Any]") -> tuple[str, str]:
         try:
             task.result()  # a cancelled task has no exception to mark retrieved
         except asyncio.CancelledError as cancelled:
-            return "cancelled", str(cancelled.args[0]) if cancelled.args else ""
+            # 3.10 keeps the message only on the error the coroutine raised,
+            # which the one raised here has as its context.
+            error: Optional[BaseException] = cancelled
+            while error is not None and not error.args:
+                error = error.__context__ if isinstance(error.__context__, asyncio.CancelledError) else None
+            return "cancelled", str(error.args[0]) if error is not None else ""
         return "cancelled", ""
     # task.exception() would mark the exception retrieved and silence
     # asyncio's report of an exception nobody looked at.
