@@ -187,3 +187,28 @@ def test_cli_usage_errors_exit_2_and_ps_names_a_process_that_is_gone():
     result = _cli("ps", str(gone.pid))
     assert result.returncode == 1
     assert f"process {gone.pid} is not running" in result.stderr
+
+
+def test_cli_cancel_checks_its_arguments_and_names_a_process_that_is_gone():
+    assert _cli("cancel", "abc", "task").returncode == 2
+    missing_task = _cli("cancel", "1")
+    assert missing_task.returncode == 2 and "the following arguments are required: task" in missing_task.stderr
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    result = _cli("cancel", str(gone.pid), "worker")
+    assert result.returncode == 1
+    assert result.stderr == f"python -m ferroloop cancel: process {gone.pid} is not running\n"
+
+
+def test_cli_help_lists_the_inspection_commands():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for line in ("python -m ferroloop ps PID", "python -m ferroloop cancel PID TASK", "ferroloop.allow_attach"):
+        assert line in result.stdout
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="the refusal is for versions without sys.remote_exec")
+def test_cli_remote_exec_needs_python_3_14():
+    result = _cli("ps", str(os.getpid()), "--remote-exec")
+    assert result.returncode == 2
+    assert "--remote-exec needs Python 3.14 or later (sys.remote_exec)" in result.stderr

@@ -157,7 +157,7 @@ def test_unknown_request_gets_an_error(monitored):
         client.connect(path)
         client.sendall(b"shutdown\n")
         reply = json.loads(client.recv(65536))
-    assert reply == {"error": "unknown request 'shutdown'; expected 'ps' or 'top'"}
+    assert reply == {"error": "unknown request 'shutdown'; expected 'ps', 'top' or 'cancel TASK'"}
 
 
 def test_ps_without_a_monitor_says_how_to_start_one():

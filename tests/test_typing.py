@@ -35,11 +35,13 @@ IMPORT_ROOT = PACKAGE.parent
 USER_FILE = '''
 import asyncio
 import contextvars
+import signal
 import socket
 import sys
 from typing import Any, Optional
 
 import ferroloop
+import ferroloop.opentelemetry
 
 
 def on_ready(n: int) -> None: ...
@@ -183,6 +185,24 @@ def observing(loop: ferroloop.Loop) -> None:
     reveal_type(metrics["callbacks_total"])  # R: "int"
     reveal_type(state["stall"])  # R: StallRecord
 __KEY_ACCESSES__
+
+def inspecting(loop: ferroloop.Loop) -> None:
+    ferroloop.allow_attach()
+    ferroloop.allow_attach(signal.SIGUSR2)
+    ferroloop.allow_attach("SIGUSR1")
+    ferroloop.allow_attach(1.5)  # E: arg-type
+    for done in loop.diagnostics()["finished"]:
+        ended: str = done["outcome"]
+        when: float = done["finished_at"]
+        entry: ferroloop.FinishedTask = done
+        done["result"]  # E: typeddict-item
+    for task in loop.diagnostics()["tasks"]:
+        ident: int = task["id"]
+    handle = ferroloop.opentelemetry.instrument(loop, watchdog=0.1)
+    handle.uninstrument()
+    ferroloop.opentelemetry.instrument(watchdog="fast")  # E: arg-type
+    culprit: str = ferroloop.opentelemetry.culprit(loop.diagnostics()["stall"])  # E: arg-type
+
 
 def entry_points() -> None:
     loop: ferroloop.Loop = ferroloop.new_event_loop()

@@ -20,14 +20,16 @@ from typing import Any, Coroutine, Optional, TypeVar
 from ._native import Handle, TimerHandle, __version__
 from ._loop import Loop
 from ._metrics import LoopMetrics, openmetrics_text
+from ._attach import allow_attach
 from ._monitor import LoopDiagnostics, TaskInfo
 from ._policy import EventLoopPolicy
 from ._culprit import set_own_code
+from ._task_history import FinishedTask
 from ._watchdog import ProfileEntry, StallRecord
 
 Loop.__module__ = __name__
 EventLoopPolicy.__module__ = __name__
-for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, StallRecord, ProfileEntry):
+for _typed_dict in (LoopMetrics, LoopDiagnostics, TaskInfo, FinishedTask, StallRecord, ProfileEntry):
     _typed_dict.__module__ = __name__
 del _typed_dict
 
@@ -43,13 +45,21 @@ __all__ = [
     "LoopMetrics",
     "LoopDiagnostics",
     "TaskInfo",
+    "FinishedTask",
     "StallRecord",
     "ProfileEntry",
     "set_own_code",
+    "allow_attach",
     "__version__",
 ]
 
 _T = TypeVar("_T")
+
+# FERROLOOP_ATTACH_SIGNAL=SIGUSR1: the tools may switch the monitor on later.
+from ._attach import allow_attach_from_environment as _allow_attach_from_environment
+
+_allow_attach_from_environment()
+del _allow_attach_from_environment
 
 
 def new_event_loop() -> Loop:

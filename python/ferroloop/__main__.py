@@ -3,7 +3,8 @@ an asyncio program on ferroloop, with the command line ``python`` takes.
 
 Everything after the script, ``-m MODULE`` or ``-c CODE`` belongs to the
 program (``sys.argv[1:]``), as with ``python``. ``ps PID`` and ``top PID``
-show a live process's tasks instead (see ``_monitor``)."""
+show a live process's tasks instead, and ``cancel PID TASK`` cancels one
+(see ``_monitor``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import runpy
 import sys
 import time
 from types import TracebackType
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import ferroloop
 
@@ -21,6 +22,7 @@ USAGE = """\
 usage: python -m ferroloop [--version] [-h] (script | -m module | -c code) [args ...]
        python -m ferroloop ps PID [--socket PATH]
        python -m ferroloop top PID [--socket PATH] [--interval SECONDS]
+       python -m ferroloop cancel PID TASK [--socket PATH]
 
 Run an asyncio program on the ferroloop event loop: every loop the program
 asks asyncio for is a ferroloop loop. Arguments after the script, the
@@ -31,39 +33,94 @@ module or the code are the program's (sys.argv[1:]), as with python.
   -c code      run code given as a string
   --version    print ferroloop's version and exit
   -h, --help   print this help and exit
-  ps PID       print the tasks of a process run with FERROLOOP_MONITOR=1
+  ps PID       print the tasks of a ferroloop process (and those that
+               finished lately); run under python -m ferroloop, or with
+               FERROLOOP_MONITOR=1, or attachable (ferroloop.allow_attach)
   top PID      the same, refreshed every second, with the loop's metrics
+  cancel PID TASK
+               cancel a task of that process, by name or by id as ps shows it
 """
+
+_NO_MONITOR_HINT = (
+    "run it under python -m ferroloop, start it with FERROLOOP_MONITOR=1, "
+    "or let it be attached: FERROLOOP_ATTACH_SIGNAL=SIGUSR1 or ferroloop.allow_attach()"
+)
 
 
 def _inspect(command: str, arguments: Sequence[str]) -> None:
-    """``ps PID``: print a live process's tasks; ``top PID``: keep refreshing."""
+    """``ps PID``: print a live process's tasks; ``top PID``: keep
+    refreshing; ``cancel PID TASK``: cancel one."""
     from ferroloop import _monitor
 
     parser = argparse.ArgumentParser(prog=f"python -m ferroloop {command}")
-    parser.add_argument("pid", type=_pid, help="process running ferroloop with FERROLOOP_MONITOR set")
+    parser.add_argument("pid", type=_pid, help="process running ferroloop")
+    if command == "cancel":
+        parser.add_argument("task", help="the task's name, or its id as ps shows it")
     parser.add_argument("--socket", help="monitor socket path (default: the per-user path for PID)")
+    parser.add_argument(
+        "--remote-exec", action="store_true",
+        help="Python 3.14+: start the monitor of a process that did not allow attaching, "
+        "through sys.remote_exec (runs code in that process)",
+    )
     if command == "top":
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     options = parser.parse_args(arguments)
+    prog = f"python -m ferroloop {command}"
+    from ferroloop import _attach
+
+    if options.remote_exec and not _attach.remote_exec_available():
+        parser.error("--remote-exec needs Python 3.14 or later (sys.remote_exec)")
+    request = f"cancel {options.task}" if command == "cancel" else command
     try:
-        if command == "ps":
-            print(_monitor.render(_monitor.query(options.pid, "ps", options.socket)))
-            return
-        while True:
-            text = _monitor.render(_monitor.query(options.pid, "top", options.socket), with_metrics=True)
-            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S  ") + text + "\n")
-            sys.stdout.flush()
-            time.sleep(options.interval)
+        state = _query_or_attach(options.pid, request, options.socket, options.remote_exec)
+        if command == "cancel":
+            _report_cancel(prog, options.pid, state)
+        elif command == "ps":
+            print(_monitor.render(state))
+        else:
+            while True:
+                text = _monitor.render(state, with_metrics=True)
+                sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S  ") + text + "\n")
+                sys.stdout.flush()
+                time.sleep(options.interval)
+                state = _monitor.query(options.pid, "top", options.socket)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, ValueError):
         if not _running(options.pid):
-            raise SystemExit(f"python -m ferroloop {command}: process {options.pid} is not running") from None
-        raise SystemExit(
-            f"python -m ferroloop {command}: no monitor for pid {options.pid} "
-            "(start the program with FERROLOOP_MONITOR=1)"
-        ) from None
+            raise SystemExit(f"{prog}: process {options.pid} is not running") from None
+        raise SystemExit(f"{prog}: no monitor for pid {options.pid} ({_NO_MONITOR_HINT})") from None
+    except TimeoutError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
     except KeyboardInterrupt:
         pass
+
+
+def _query_or_attach(pid: int, request: str, path: Optional[str], remote_exec: bool = False) -> dict[str, Any]:
+    """Ask the monitor; with no socket at the default path, attach first if
+    the process allowed it (see ``_attach``)."""
+    from ferroloop import _attach, _monitor
+
+    if path is None and not os.path.exists(_monitor.default_socket_path(pid)) and _running(pid):
+        try:
+            _attach.attach(pid, remote_exec=remote_exec)
+        except LookupError:
+            raise FileNotFoundError(pid) from None
+        # The socket exists once bound; it listens a moment later.
+        for _ in range(50):
+            try:
+                return _monitor.query(pid, request, path)
+            except ConnectionRefusedError:
+                time.sleep(0.02)
+    return _monitor.query(pid, request, path)
+
+
+def _report_cancel(prog: str, pid: int, reply: dict[str, Any]) -> None:
+    if "error" in reply:
+        raise SystemExit(f"{prog}: pid {pid}: {reply['error']}")
+    task = reply["task"]
+    print(f"cancelled task {task['name']!r} ({hex(task['id'])}) in pid {pid}")
+    if not reply["delivered"]:
+        when = "the callback running now returns" if reply["running"] else "its loop runs again"
+        print(f"(the cancellation reaches the task when {when})")
 
 
 def _running(pid: int) -> bool:
@@ -145,7 +202,7 @@ def _run_script(script: str, arguments: list[str]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in ("ps", "top"):
+    if arguments and arguments[0] in ("ps", "top", "cancel"):
         _inspect(arguments[0], arguments[1:])
         return
     while arguments and arguments[0].startswith("-") and arguments[0] not in ("-", "-m", "-c"):
@@ -163,6 +220,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if first in ("-m", "-c") and not arguments:
         _usage_error(f"argument {first} needs a value")
     ferroloop.install()
+    # `python -m ferroloop ps PID` works on any program run this way.
+    from ferroloop import _monitor
+
+    _monitor.turn_on_by_default()
     # Child processes (a server's workers, started with spawn or
     # forkserver) install ferroloop at start-up too: ferroloop.pth in
     # site-packages reads this.

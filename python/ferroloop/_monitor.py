@@ -1,13 +1,17 @@
 """The live view: a process's loops and tasks, served on a private Unix socket.
 
 ``FERROLOOP_MONITOR=1`` (or a socket path) makes the first ferroloop loop of
-a process start a monitor thread. It answers ``python -m ferroloop ps PID``
-and ``top PID`` with a JSON snapshot of every open loop: its tasks (name,
-state, age, what each awaits and where), its metrics, and whether it is
-stalled. The thread is separate from the loop, so it answers while the loop
-is stuck in a blocking call or in CPU work (the interpreter hands it the GIL
-within its switch interval). The socket lives in a directory only the owning
-user can enter and is itself mode 0600; nothing listens on the network.
+a process start a monitor thread; under ``python -m ferroloop`` it is on
+unless ``FERROLOOP_MONITOR=0``, and a process started otherwise can let the
+tools switch it on later (``allow_attach``, see ``_attach``). It answers
+``python -m ferroloop ps PID`` and ``top PID`` with a JSON snapshot of every
+open loop: its tasks (name, state, age, what each awaits and where), the
+tasks that finished lately, its metrics, and whether it is stalled; and
+``cancel PID TASK`` by cancelling the task. The thread is separate from the
+loop, so it answers while the loop is stuck in a blocking call or in CPU
+work (the interpreter hands it the GIL within its switch interval). The
+socket lives in a directory only the owning user can enter and is itself
+mode 0600; nothing listens on the network.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import socket
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypedDict, cast
 
-from . import _culprit, _watchdog
+from . import _culprit, _task_history, _watchdog
 from ._metrics import LoopMetrics
+from ._task_history import FinishedTask
 from ._watchdog import StallRecord
 
 if TYPE_CHECKING:
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 class TaskInfo(TypedDict):
     """One task of ``LoopDiagnostics["tasks"]``."""
 
+    id: int
+    """``id()`` of the task: what ``python -m ferroloop cancel`` takes
+    besides the name (ps shows it in hex)."""
     name: str
     """The task's name."""
     state: Literal["running", "pending", "done"]
@@ -73,22 +81,47 @@ class LoopDiagnostics(TypedDict):
     tasks: list[TaskInfo]
     """The loop's tasks not yet collected, the running one first, then the
     oldest first."""
+    finished: list[FinishedTask]
+    """The last tasks to finish, the most recent first, since the view
+    started recording (at start with FERROLOOP_MONITOR, else at its first
+    request); empty for a loop nobody watches."""
 
 ENV_VARIABLE = "FERROLOOP_MONITOR"
-_REQUEST_LIMIT = 64
+_REQUEST_LIMIT = 4096
 _STALL_PROBE_SECONDS = 0.05
+# How long a cancel request waits for the loop to run task.cancel().
+_CANCEL_DELIVERY_SECONDS = 1.0
+CANCEL_MESSAGE = "cancelled by python -m ferroloop cancel"
 
 _lock = threading.Lock()
 _server: Optional["MonitorServer"] = None
+_on_by_default = False
+# Whether the loops record task ages and finished tasks for the view: from
+# the start with FERROLOOP_MONITOR, else from the first request on (it
+# costs create_task and every task's end a little).
+_watching = False
+_loop_observers: list[Callable[["Loop"], None]] = []
 
 
 def default_socket_path(pid: int) -> str:
     return os.path.join(f"/tmp/ferroloop-{os.getuid()}", f"{pid}.sock")
 
 
-def requested_path() -> Optional[str]:
-    """The socket path FERROLOOP_MONITOR asks for, or None when it is off."""
+def turn_on_by_default() -> None:
+    """Serve the view without FERROLOOP_MONITOR (``python -m ferroloop``
+    does this; ``FERROLOOP_MONITOR=0`` still turns it off). The loops start
+    recording task ages and finished tasks when the view is first asked for."""
+    global _on_by_default
+    _on_by_default = True
+
+
+def requested_path(explicit_only: bool = False) -> Optional[str]:
+    """The socket path FERROLOOP_MONITOR asks for (or, unless
+    ``explicit_only``, the default one when the monitor is on by default),
+    or None when it is off."""
     value = os.environ.get(ENV_VARIABLE, "").strip()
+    if value == "" and _on_by_default and not explicit_only:
+        value = "1"
     if value in ("", "0"):
         return None
     if value == "1":
@@ -96,7 +129,7 @@ def requested_path() -> Optional[str]:
     return value
 
 
-def _private_directory(path: str) -> None:
+def private_directory(path: str) -> None:
     """Create the socket's directory for this user only, or check that an
     existing one is ours and closed to others."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -111,25 +144,96 @@ def _private_directory(path: str) -> None:
             ) from None
 
 
+def sweep_stale_files(directory: str) -> None:
+    """Remove the sockets and attach notes of this user's processes that
+    are gone without cleaning up (killed by a signal)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        stem, dot, kind = name.partition(".")
+        if not dot or kind not in ("sock", "attach") or not stem.isdigit() or int(stem) == os.getpid():
+            continue
+        try:
+            os.kill(int(stem), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive, or not ours to judge
+
+
+def add_loop_observer(observer: Callable[["Loop"], None]) -> None:
+    """Have ``observer(loop)`` called with each ferroloop loop created from
+    now on, at the end of its construction."""
+    _loop_observers.append(observer)
+
+
+def remove_loop_observer(observer: Callable[["Loop"], None]) -> None:
+    if observer in _loop_observers:
+        _loop_observers.remove(observer)
+
+
 def start_for(loop: "Loop") -> None:
-    """Start the process's monitor if FERROLOOP_MONITOR asks for one, and
-    track the loop's task creation times for it."""
+    """Called by every new loop: start the process's monitor if
+    FERROLOOP_MONITOR asks for one (or it is on by default), and tell the
+    loop observers."""
+    for observer in list(_loop_observers):
+        observer(loop)
     path = requested_path()
     if path is None:
+        if _watching:  # the monitor runs, started by an attach
+            _monitor_loop(loop)
+        return
+    start_server(path, watch=requested_path(explicit_only=True) is not None)
+    if _watching:
+        _monitor_loop(loop)
+
+
+def _monitor_loop(loop: "Loop") -> None:
+    """Track the loop's task creation times and finished tasks for the view."""
+    if loop.is_closed():
         return
     loop._monitored = True
     loop._refresh_tracking()
+    _task_history.start_recording(loop)
+
+
+def start_server(path: str, watch: bool = True) -> "MonitorServer":
+    """Start the process's monitor on ``path``, unless one runs already;
+    with ``watch``, have every loop record for it from now on."""
     global _server
     with _lock:
         if _server is None:
             _server = MonitorServer(path)
             _server.start()
+            if path == default_socket_path(os.getpid()):
+                sweep_stale_files(os.path.dirname(path))
+        server = _server
+    if watch:
+        watch_all_loops()
+    return server
+
+
+def watch_all_loops() -> None:
+    """Have every open loop, and the loops created later, record task ages
+    and finished tasks for the view."""
+    from ._metrics import _live_loops
+
+    global _watching
+    _watching = True
+    for loop in list(_live_loops):
+        if not loop._monitored:
+            _monitor_loop(loop)
 
 
 class MonitorServer:
     def __init__(self, path: str) -> None:
         self.path = path
-        _private_directory(path)
+        private_directory(path)
         if os.path.exists(path):
             os.unlink(path)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -169,23 +273,91 @@ class MonitorServer:
             with connection:
                 try:
                     connection.settimeout(5)
-                    request = connection.recv(_REQUEST_LIMIT).decode("ascii", "replace").strip()
+                    request = _read_request(connection)
                     connection.sendall(json.dumps(respond(request)).encode() + b"\n")
                 except OSError:
                     continue
 
 
-def respond(request: str) -> dict[str, Any]:
-    if request not in ("ps", "top"):
-        return {"error": f"unknown request {request!r}; expected 'ps' or 'top'"}
+def _read_request(connection: socket.socket) -> str:
+    """One request line (a client may send it in pieces)."""
+    data = b""
+    while b"\n" not in data and len(data) < _REQUEST_LIMIT:
+        chunk = connection.recv(_REQUEST_LIMIT - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _open_loops() -> list["Loop"]:
     from ._metrics import _live_loops
 
-    loops = sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+    return sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+
+
+def respond(request: str) -> dict[str, Any]:
+    if not _watching:
+        watch_all_loops()
+    command, _, argument = request.partition(" ")
+    if command == "cancel" and argument.strip():
+        return cancel(argument.strip())
+    if request not in ("ps", "top"):
+        return {"error": f"unknown request {request!r}; expected 'ps', 'top' or 'cancel TASK'"}
+    loops = _open_loops()
     before = {id(lp): lp._activity() for lp in loops}
     for lp in loops:
         lp._current_callback_age()  # starts timing the running callback, if any
     time.sleep(_STALL_PROBE_SECONDS)
     return {"pid": os.getpid(), "loops": [diagnostics(lp, before.get(id(lp))) for lp in loops]}
+
+
+def _task_id(text: str) -> Optional[int]:
+    """A task id as ps shows it (hex with 0x) or in decimal."""
+    try:
+        return int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        return None
+
+
+def find_tasks(spec: str) -> list[tuple["Loop", "asyncio.Task[Any]"]]:
+    """The pending tasks of the process whose id or else whose name is ``spec``."""
+    everything = [(lp, task) for lp in _open_loops() for task in asyncio.all_tasks(lp)]
+    wanted_id = _task_id(spec)
+    by_id = [(lp, task) for lp, task in everything if id(task) == wanted_id]
+    if by_id:
+        return by_id
+    return [(lp, task) for lp, task in everything if task.get_name() == spec]
+
+
+def cancel(spec: str) -> dict[str, Any]:
+    """Cancel the task named (or with the id) ``spec``, on its loop's
+    thread; waits a moment for the loop to do it."""
+    found = find_tasks(spec)
+    if not found:
+        finished = [t for lp in _open_loops() for t in _task_history.recent(lp)]
+        if any(t["name"] == spec or t["id"] == _task_id(spec) for t in finished):
+            return {"error": f"task {spec!r} has already finished", "reason": "finished"}
+        return {"error": f"no task {spec!r} (give a name or an id as ps shows it)", "reason": "unknown"}
+    if len(found) > 1:
+        ids = ", ".join(hex(id(task)) for _, task in found)
+        return {"error": f"{len(found)} tasks are named {spec!r}; give one of their ids: {ids}", "reason": "ambiguous"}
+    [(loop, task)] = found
+    delivered = threading.Event()
+
+    def cancel_on_the_loop() -> None:
+        task.cancel(CANCEL_MESSAGE)
+        delivered.set()
+
+    loop.call_soon_threadsafe(cancel_on_the_loop)
+    delivered.wait(_CANCEL_DELIVERY_SECONDS)
+    return {
+        "pid": os.getpid(),
+        "loop": loop._run_clock.number,
+        "task": {"id": id(task), "name": task.get_name()},
+        "delivered": delivered.is_set(),
+        "running": loop.is_running(),
+    }
 
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
@@ -266,6 +438,7 @@ def describe_task(task: asyncio.Task[Any], running: Optional[asyncio.Task[Any]],
     else:
         state = "pending"
     return {
+        "id": id(task),
         "name": task.get_name(),
         "state": state,
         "age": now - created if created is not None else None,
@@ -308,6 +481,7 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
         "stall": stall,
         "metrics": loop.metrics(),
         "tasks": tasks,
+        "finished": _task_history.recent(loop),
     }
 
 
@@ -336,6 +510,15 @@ def _age(seconds: Optional[float]) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
     return f"{seconds / 60:.1f}m"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns; the last one is not padded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return [
+        "  " + "  ".join([*(str(cell).ljust(width) for cell, width in zip(row, widths)), str(row[-1])])
+        for row in [header, *rows]
+    ]
 
 
 def render(state: dict[str, Any], with_metrics: bool = False) -> str:
@@ -369,15 +552,21 @@ def render(state: dict[str, Any], with_metrics: bool = False) -> str:
                 f"  transports {m['open_transports']}  bytes in {m['bytes_received_total']:,}"
                 f"  out {m['bytes_sent_total']:,}"
             )
-        header = ("NAME", "STATE", "AGE", "AWAITING", "WHERE")
-        rows = [
-            (t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")
+        header = ("ID", "NAME", "STATE", "AGE", "AWAITING", "WHERE")
+        rows: list[tuple[str, ...]] = [
+            (hex(t["id"]), t["name"], t["state"], _age(t["age"]), t["awaiting"] or "-", t["where"] or "-")
             for t in loop["tasks"]
         ]
-        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-        for row in [header, *rows]:
-            cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
-            lines.append("  " + "  ".join([*cells, str(row[-1])]))
+        lines.extend(_table(header, rows))
+        finished = loop.get("finished") or []
+        if finished:
+            now = time.time()
+            lines.append(f"  recently finished (last {len(finished)}, most recent first):")
+            rows = [
+                (hex(t["id"]), t["name"], t["outcome"], f"{_age(now - t['finished_at'])} ago", t["detail"] or "-")
+                for t in finished
+            ]
+            lines.extend(_table(("ID", "NAME", "ENDED", "WHEN", "DETAIL"), rows))
     if not lines:
         lines.append(f"pid {state.get('pid')}: no open ferroloop loop")
     return "\n".join(lines)
