@@ -11,10 +11,10 @@ import asyncio
 import itertools
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Protocol, TypedDict, cast
 
 if TYPE_CHECKING:
-    from ._loop import Loop
+    from ._watchdog import StallReporter
 
 
 class LoopMetrics(TypedDict):
@@ -71,7 +71,20 @@ class LoopMetrics(TypedDict):
     """Busy share of the running time since the previous call."""
 
 
-_live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+class MeteredLoop(Protocol):
+    """What metrics read of a loop (a ``ferroloop.Loop``)."""
+
+    _run_clock: "RunClock"
+    _stall_reporter: "Optional[StallReporter]"
+
+    def is_closed(self) -> bool: ...
+    def _metrics_snapshot(self) -> tuple[float, int, int, float, float, float, float, int]: ...
+    def _io_totals(self) -> tuple[int, int]: ...
+    def _current_callback_age(self) -> Optional[float]: ...
+    def _open_transport_count(self) -> int: ...
+
+
+_live_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 _loop_numbers = itertools.count(1)
 
 
@@ -96,20 +109,21 @@ class RunClock:
         return self._accumulated + current
 
 
-def register(loop: "Loop") -> RunClock:
+def register(loop: asyncio.AbstractEventLoop) -> RunClock:
     _live_loops.add(loop)
     return RunClock()
 
 
-def collect(loop: "Loop", previous: Optional[LoopMetrics]) -> LoopMetrics:
+def collect(loop: asyncio.AbstractEventLoop, previous: Optional[LoopMetrics]) -> LoopMetrics:
     """The loop's metrics now; rates are over the time since ``previous``."""
-    uptime, callbacks, iterations, waited, lag_p50, lag_p99, lag_max, lag_samples = loop._metrics_snapshot()
-    running = loop._run_clock.running_seconds()
+    view = cast(MeteredLoop, loop)
+    uptime, callbacks, iterations, waited, lag_p50, lag_p99, lag_max, lag_samples = view._metrics_snapshot()
+    running = view._run_clock.running_seconds()
     busy = max(running - waited, 0.0)
-    reporter = loop._stall_reporter
-    received, sent = loop._io_totals()
+    reporter = view._stall_reporter
+    received, sent = view._io_totals()
     snapshot: LoopMetrics = {
-        "loop": loop._run_clock.number,
+        "loop": view._run_clock.number,
         "taken_at": time.monotonic(),
         "uptime_seconds": uptime,
         "running_seconds_total": running,
@@ -122,12 +136,12 @@ def collect(loop: "Loop", previous: Optional[LoopMetrics]) -> LoopMetrics:
         "lag_p99_seconds": lag_p99,
         "lag_max_seconds": lag_max,
         "lag_samples_total": lag_samples,
-        "current_callback_age_seconds": (loop._current_callback_age() or 0.0) if not loop.is_closed() else 0.0,
+        "current_callback_age_seconds": (view._current_callback_age() or 0.0) if not loop.is_closed() else 0.0,
         "tasks_alive": len(asyncio.all_tasks(loop)) if not loop.is_closed() else 0,
         "stalls_total": reporter.stalls if reporter is not None else 0,
         "bytes_received_total": received,
         "bytes_sent_total": sent,
-        "open_transports": loop._open_transport_count() if not loop.is_closed() else 0,
+        "open_transports": view._open_transport_count() if not loop.is_closed() else 0,
         # The rates, set below.
         "callbacks_per_second": 0.0,
         "utilisation": 0.0,
@@ -170,11 +184,11 @@ def _number(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def openmetrics_text(loops: Optional[Iterable["Loop"]] = None) -> str:
+def openmetrics_text(loops: Optional[Iterable[asyncio.AbstractEventLoop]] = None) -> str:
     """OpenMetrics exposition of the given loops (default: every open
     ferroloop loop of this process). Serving it is up to the caller."""
     chosen = [lp for lp in (list(_live_loops) if loops is None else loops) if not lp.is_closed()]
-    chosen.sort(key=lambda lp: lp._run_clock.number)
+    chosen.sort(key=lambda lp: cast(MeteredLoop, lp)._run_clock.number)
     snapshots = [collect(lp, None) for lp in chosen]
     lines = []
     for name, kind, help_text, key in _FAMILIES:

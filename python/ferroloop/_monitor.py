@@ -24,15 +24,24 @@ import socket
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypedDict, cast
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence, TypedDict, cast
 
 from . import _culprit, _task_history, _watchdog
-from ._metrics import LoopMetrics
+from ._metrics import LoopMetrics, MeteredLoop
 from ._task_history import FinishedTask
 from ._watchdog import StallRecord
 
-if TYPE_CHECKING:
-    from ._loop import Loop
+
+
+class MonitoredLoop(MeteredLoop, Protocol):
+    """What the live view reads and sets on a loop (a ``ferroloop.Loop``)."""
+
+    _monitored: bool
+
+    def is_running(self) -> bool: ...
+    def metrics(self) -> LoopMetrics: ...
+    def _refresh_tracking(self) -> None: ...
+    def _activity(self) -> tuple[int, int, int]: ...
 
 
 class TaskInfo(TypedDict):
@@ -100,7 +109,7 @@ _on_by_default = False
 # the start with FERROLOOP_MONITOR, else from the first request on (it
 # costs create_task and every task's end a little).
 _watching = False
-_loop_observers: list[Callable[["Loop"], None]] = []
+_loop_observers: list[Callable[[Any], None]] = []
 
 
 def default_socket_path(pid: int) -> str:
@@ -166,18 +175,18 @@ def sweep_stale_files(directory: str) -> None:
             pass  # alive, or not ours to judge
 
 
-def add_loop_observer(observer: Callable[["Loop"], None]) -> None:
+def add_loop_observer(observer: Callable[[Any], None]) -> None:
     """Have ``observer(loop)`` called with each ferroloop loop created from
     now on, at the end of its construction."""
     _loop_observers.append(observer)
 
 
-def remove_loop_observer(observer: Callable[["Loop"], None]) -> None:
+def remove_loop_observer(observer: Callable[[Any], None]) -> None:
     if observer in _loop_observers:
         _loop_observers.remove(observer)
 
 
-def start_for(loop: "Loop") -> None:
+def start_for(loop: asyncio.AbstractEventLoop) -> None:
     """Called by every new loop: start the process's monitor if
     FERROLOOP_MONITOR asks for one (or it is on by default), and tell the
     loop observers."""
@@ -193,12 +202,13 @@ def start_for(loop: "Loop") -> None:
         _monitor_loop(loop)
 
 
-def _monitor_loop(loop: "Loop") -> None:
+def _monitor_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Track the loop's task creation times and finished tasks for the view."""
+    view = cast(MonitoredLoop, loop)
     if loop.is_closed():
         return
-    loop._monitored = True
-    loop._refresh_tracking()
+    view._monitored = True
+    view._refresh_tracking()
     _task_history.start_recording(loop)
 
 
@@ -226,7 +236,7 @@ def watch_all_loops() -> None:
     global _watching
     _watching = True
     for loop in list(_live_loops):
-        if not loop._monitored:
+        if not cast(MonitoredLoop, loop)._monitored:
             _monitor_loop(loop)
 
 
@@ -290,10 +300,10 @@ def _read_request(connection: socket.socket) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
-def _open_loops() -> list["Loop"]:
+def _open_loops() -> list[asyncio.AbstractEventLoop]:
     from ._metrics import _live_loops
 
-    return sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+    return sorted((lp for lp in list(_live_loops) if not lp.is_closed()), key=lambda lp: cast(MonitoredLoop, lp)._run_clock.number)
 
 
 def respond(request: str) -> dict[str, Any]:
@@ -305,9 +315,9 @@ def respond(request: str) -> dict[str, Any]:
     if request not in ("ps", "top"):
         return {"error": f"unknown request {request!r}; expected 'ps', 'top' or 'cancel TASK'"}
     loops = _open_loops()
-    before = {id(lp): lp._activity() for lp in loops}
+    before = {id(lp): cast(MonitoredLoop, lp)._activity() for lp in loops}
     for lp in loops:
-        lp._current_callback_age()  # starts timing the running callback, if any
+        cast(MonitoredLoop, lp)._current_callback_age()  # starts timing the running callback, if any
     time.sleep(_STALL_PROBE_SECONDS)
     return {"pid": os.getpid(), "loops": [diagnostics(lp, before.get(id(lp))) for lp in loops]}
 
@@ -320,7 +330,7 @@ def _task_id(text: str) -> Optional[int]:
         return None
 
 
-def find_tasks(spec: str) -> list[tuple["Loop", "asyncio.Task[Any]"]]:
+def find_tasks(spec: str) -> list[tuple[asyncio.AbstractEventLoop, "asyncio.Task[Any]"]]:
     """The pending tasks of the process whose id or else whose name is ``spec``."""
     everything = [(lp, task) for lp in _open_loops() for task in asyncio.all_tasks(lp)]
     wanted_id = _task_id(spec)
@@ -353,7 +363,7 @@ def cancel(spec: str) -> dict[str, Any]:
     delivered.wait(_CANCEL_DELIVERY_SECONDS)
     return {
         "pid": os.getpid(),
-        "loop": loop._run_clock.number,
+        "loop": cast(MonitoredLoop, loop)._run_clock.number,
         "task": {"id": id(task), "name": task.get_name()},
         "delivered": delivered.is_set(),
         "running": loop.is_running(),
@@ -401,7 +411,7 @@ def suspended_at(task: asyncio.Task[Any]) -> Optional[str]:
     return _where(_await_chain(task.get_coro()))
 
 
-def _running_where(loop: "Loop") -> Optional[str]:
+def _running_where(loop: asyncio.AbstractEventLoop) -> Optional[str]:
     """Where the running task is now: the innermost frame of the program's
     own code on the loop thread's stack."""
     thread_id, frames = _watchdog._loop_thread_frames(loop)
@@ -448,22 +458,23 @@ def describe_task(task: asyncio.Task[Any], running: Optional[asyncio.Task[Any]],
     }
 
 
-def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] = None) -> LoopDiagnostics:
+def diagnostics(loop: asyncio.AbstractEventLoop, earlier_activity: Optional[tuple[int, int, int]] = None) -> LoopDiagnostics:
     """The loop's state, as the live view shows it. ``earlier_activity`` is
     an ``_activity()`` sample taken a moment before, to tell a stall."""
+    view = cast(MonitoredLoop, loop)
     now = time.monotonic()
     running_task = asyncio.current_task(loop) if loop.is_running() else None
     tasks = [describe_task(t, running_task, now) for t in asyncio.all_tasks(loop)]
     tasks.sort(key=lambda t: (t["state"] != "running", -(t["age"] or 0)))
     if tasks and tasks[0]["state"] == "running":
         tasks[0]["where"] = _running_where(loop) or tasks[0]["where"]
-    phase, callbacks, _ = loop._activity()
+    phase, callbacks, _ = view._activity()
     stalled = (
         earlier_activity is not None
         and earlier_activity[0] == phase == 2
         and earlier_activity[1] == callbacks
     )
-    reporter = loop._stall_reporter
+    reporter = view._stall_reporter
     stall = reporter.current_stall if reporter is not None else None
     if stall is not None:
         # The record was made when the stall crossed the threshold; it has
@@ -471,15 +482,15 @@ def diagnostics(loop: "Loop", earlier_activity: Optional[tuple[int, int, int]] =
         stall = cast(StallRecord, dict(stall, duration=stall["duration"] + now - stall["reported_at"]))
     elif stalled:
         # No watchdog: describe what the probe saw running throughout.
-        age = loop._current_callback_age() or _STALL_PROBE_SECONDS
+        age = view._current_callback_age() or _STALL_PROBE_SECONDS
         stall = _watchdog.describe_stall(loop, age, _STALL_PROBE_SECONDS)
     return {
-        "loop": loop._run_clock.number,
+        "loop": view._run_clock.number,
         "running": loop.is_running(),
         "stalled": stalled or stall is not None,
         "watchdog": reporter is not None,
         "stall": stall,
-        "metrics": loop.metrics(),
+        "metrics": view.metrics(),
         "tasks": tasks,
         "finished": _task_history.recent(loop),
     }

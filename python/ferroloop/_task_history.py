@@ -17,10 +17,7 @@ import collections
 import contextvars
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, cast
-
-if TYPE_CHECKING:
-    from ._loop import Loop
+from typing import Any, Literal, Optional, TypedDict, cast
 
 HISTORY_LENGTH = 20
 _DETAIL_LIMIT = 200
@@ -114,7 +111,7 @@ class TaskHistory:
         return [_as_finished(entry) for entry in reversed(list(self._finished))]
 
 
-def start_recording(loop: "Loop") -> TaskHistory:
+def start_recording(loop: asyncio.AbstractEventLoop) -> TaskHistory:
     """Record the tasks the loop creates from now on (idempotent)."""
     history: Optional[TaskHistory] = loop.__dict__.get("_task_history")
     if history is not None:
@@ -152,6 +149,6 @@ def _watch_all(history: TaskHistory, tasks: list["asyncio.Task[Any]"]) -> None:
         history.watch(task)
 
 
-def recent(loop: "Loop") -> list[FinishedTask]:
+def recent(loop: asyncio.AbstractEventLoop) -> list[FinishedTask]:
     history: Optional[TaskHistory] = loop.__dict__.get("_task_history")
     return history.recent() if history is not None else []

@@ -41,7 +41,7 @@ from __future__ import annotations
 import importlib
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, cast
 
 from . import _metrics, _monitor, _watchdog
 from ._native import __version__
@@ -183,7 +183,7 @@ class Instrumentation:
         if self._only is not None:
             only = self._only()
             return [only] if only is not None and not only.is_closed() else []
-        return sorted((lp for lp in list(_metrics._live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
+        return sorted((cast("Loop", lp) for lp in list(_metrics._live_loops) if not lp.is_closed()), key=lambda lp: lp._run_clock.number)
 
     def _snapshots(self) -> Iterator[tuple["Loop", "LoopMetrics"]]:
         for loop in self._loops():
