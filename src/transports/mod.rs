@@ -1,6 +1,8 @@
 //! Transports: the byte-moving half of asyncio's network API.
 
+pub mod datagram;
 pub(crate) mod read_bytes;
+mod sockaddr;
 pub mod stream;
 pub(crate) mod syscalls;
 mod write_buffer;
@@ -8,12 +10,14 @@ mod write_buffer;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use datagram::DatagramTransport;
 use stream::StreamTransport;
 
 /// A native object that owns an fd in the poller for its whole life and runs
 /// its own I/O when the fd is ready, with no Python handle in between.
 pub enum Attached {
     Stream(Py<StreamTransport>),
+    Datagram(Py<DatagramTransport>),
 }
 
 impl Attached {
@@ -23,6 +27,7 @@ impl Attached {
     pub fn note_ready(&self, readable: bool, writable: bool, hung_up: bool) -> bool {
         match self {
             Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::Datagram(t) => t.get().note_ready(readable, writable, hung_up),
         }
     }
 
@@ -33,25 +38,29 @@ impl Attached {
         match self {
             Attached::Stream(t) => StreamTransport::process(t.bind(py))
                 .map_err(|(err, method)| (err, format!("Exception in callback StreamTransport.{method}()"))),
+            Attached::Datagram(t) => DatagramTransport::process(t.bind(py))
+                .map_err(|(err, method)| (err, format!("Exception in callback DatagramTransport.{method}()"))),
         }
     }
 
     /// The key under which the exception handler's context names it.
     pub fn context_key(&self) -> &'static str {
         match self {
-            Attached::Stream(_) => "transport",
+            Attached::Stream(_) | Attached::Datagram(_) => "transport",
         }
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
             Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
+            Attached::Datagram(t) => Attached::Datagram(t.clone_ref(py)),
         }
     }
 
     pub fn as_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self {
             Attached::Stream(t) => t.bind(py).clone().into_any(),
+            Attached::Datagram(t) => t.bind(py).clone().into_any(),
         }
     }
 
@@ -60,12 +69,14 @@ impl Attached {
     pub fn release(self, py: Python<'_>) {
         match self {
             Attached::Stream(t) => t.drop_ref(py),
+            Attached::Datagram(t) => t.drop_ref(py),
         }
     }
 
     pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Attached::Stream(t) => visit.call(t),
+            Attached::Datagram(t) => visit.call(t),
         }
     }
 }
