@@ -746,3 +746,105 @@ def test_an_exception_in_datagram_received_is_reported_and_reading_goes_on() -> 
     assert results["ferroloop"]["closing"] is results["asyncio"]["closing"] is False
     assert results["ferroloop"]["handled"] == results["asyncio"]["handled"]
     assert results["asyncio"]["handled"] == [(("RuntimeError", "no thanks"), ["Exception", "in", "callback"])]
+
+
+async def queue_full_of_other_senders() -> dict[str, Any]:
+    """A receiver whose queue another socket filled: the transport's sendto
+    is refused (EAGAIN) and buffered, and goes out once the receiver reads,
+    although none of the datagrams it frees was the transport's."""
+    loop = asyncio.get_running_loop()
+    there, here = unix_path(), unix_path()
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(there)
+    receiver.setblocking(False)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    filled = 0
+    try:
+        while True:
+            filler.sendto(b"f", there)
+            filled += 1
+    except BlockingIOError:
+        pass
+    transport, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=here, family=socket.AF_UNIX)
+    transport.sendto(b"mine", there)
+    buffered = transport.get_write_buffer_size() > 0
+    got: list[bytes] = []
+    while not got or got[-1] != b"mine":
+        try:
+            got.append(receiver.recv(100))
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    transport.close()
+    await protocol.lost
+    for sock in (receiver, filler):
+        sock.close()
+    for path in (here, there):
+        os.unlink(path)
+    return {"buffered": buffered, "all": len(got) == filled + 1}
+
+
+def test_a_datagram_refused_by_a_full_receiver_goes_out_once_it_reads() -> None:
+    results = on_both(queue_full_of_other_senders)
+    assert results["ferroloop"] == results["asyncio"] == {"buffered": True, "all": True}
+
+
+async def send_after_draining_close() -> dict[str, Any]:
+    """close() with datagrams buffered: connection_lost comes once they are
+    sent. A sendto() after that sends nothing (the socket is closed, its fd
+    number may be another file's by then)."""
+    loop = asyncio.get_running_loop()
+    handled = capture_exception_handler(loop)
+    there, here = unix_path(), unix_path()
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(there)
+    receiver.setblocking(False)
+    transport, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=here, family=socket.AF_UNIX)
+    sent = 0
+    while transport.get_write_buffer_size() == 0:
+        transport.sendto(b"%05d" % sent, there)
+        sent += 1
+    transport.close()
+    got = 0
+    while not protocol.lost.done():
+        try:
+            receiver.recv(100)
+            got += 1
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    # A new socket may now have the transport's old fd number.
+    bystander_a, bystander_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    bystander_b.setblocking(False)
+    try:
+        transport.sendto(b"late", there)
+        raised = None
+    except Exception as exc:  # noqa: BLE001 - asyncio raises here, see below
+        raised = type(exc).__name__
+    await asyncio.sleep(0.01)
+    strays = []
+    for sock in (receiver, bystander_a, bystander_b):
+        sock.setblocking(False)
+        try:
+            while True:
+                strays.append(sock.recv(100))
+        except BlockingIOError:
+            pass
+    got += sum(1 for data in strays if data != b"late")
+    for sock in (receiver, bystander_a, bystander_b):
+        sock.close()
+    for path in (here, there):
+        os.unlink(path)
+    return {
+        "all before close arrived": got == sent,
+        "late": b"late" in strays,
+        "raised": raised,
+        "handled": [c["message"] for c in handled],
+    }
+
+
+def test_sendto_after_a_close_that_drained_the_buffer_sends_nothing() -> None:
+    results = on_both(send_after_draining_close)
+    assert results["ferroloop"] == {"all before close arrived": True, "late": False, "raised": None, "handled": []}
+    # asyncio fails on the socket it no longer has.
+    assert results["asyncio"]["all before close arrived"] and not results["asyncio"]["late"]
+    assert results["asyncio"]["raised"] == "AttributeError"

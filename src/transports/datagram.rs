@@ -258,7 +258,7 @@ impl DatagramTransport {
             let write = st.write_pending && !st.buffer.is_empty();
             st.write_pending = false;
             let read = (st.read_pending && st.reading).then(|| st.read_context.clone_ref(py));
-            let write = write.then(|| st.write_context.as_ref().map(|c| c.clone_ref(py))).flatten();
+            let write = write.then(|| st.write_context.as_ref().unwrap_or(&st.read_context).clone_ref(py));
             (read, write)
         };
         if let Some(context) = read {
@@ -396,6 +396,9 @@ impl DatagramTransport {
     /// After a read: queue the next one if a datagram (or an error) waits.
     fn note_what_is_left(slf: &Bound<'_, Self>) {
         let this = slf.get();
+        if lock(&this.state).conn_lost > 0 {
+            return;
+        }
         let waiting = if this.native {
             sockaddr::datagram_waiting(this.fd)
         } else {
@@ -523,6 +526,7 @@ impl DatagramTransport {
                     st.buffer_size += entry.data.len() as i64 + header_off;
                     st.buffered_bytes += entry.data.len();
                     st.buffer.push_front(entry);
+                    Self::retry_if_writable(slf, &mut st);
                     break;
                 }
                 Sent::Refused(err) => {
@@ -550,6 +554,18 @@ impl DatagramTransport {
             Self::call_connection_lost(slf, py.None().into_bound(py))?;
         }
         Ok(())
+    }
+
+    /// After EAGAIN. A writable edge comes when the socket's own buffer
+    /// frees up, but not always when the refusal was the receiver's: an
+    /// unconnected Unix datagram socket sending to a full queue of others'
+    /// datagrams gets no wake-up, yet polls writable. asyncio's
+    /// level-triggered writer then retries on every iteration; so does this.
+    fn retry_if_writable(slf: &Bound<'_, Self>, st: &mut State) {
+        if sockaddr::writable_now(slf.get().fd) {
+            st.write_pending = true;
+            Self::queue_locked(slf, st);
+        }
     }
 
     fn write_buffer_size(&self, st: &State, refs: &Refs) -> f64 {
@@ -681,6 +697,10 @@ impl DatagramTransport {
             let mut st = lock(&this.state);
             st.closing = true;
             st.reading = false;
+            // Lost for good, also when it came from draining the buffer
+            // after close() (asyncio leaves `_conn_lost` at 0 then): nothing
+            // may use the fd number from here on.
+            st.conn_lost = st.conn_lost.max(1);
             let registered = std::mem::replace(&mut st.registered, false);
             let released = (
                 st.protocol.take(),
@@ -869,6 +889,7 @@ impl DatagramTransport {
                     let previous = {
                         let mut st = lock(&this.state);
                         st.write_pending = false;
+                        Self::retry_if_writable(slf, &mut st);
                         st.write_context.replace(context)
                     };
                     drop(previous);

@@ -305,6 +305,14 @@ pub fn datagram_waiting(fd: RawFd) -> io::Result<bool> {
     Ok(matches!(peeked, Progress::Done(_)))
 }
 
+/// Whether `poll` says the socket is writable right now.
+pub fn writable_now(fd: RawFd) -> bool {
+    let mut entry = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call; timeout 0.
+    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
+    ready > 0 && entry.revents & libc::POLLOUT != 0
+}
+
 /// One `send` of the whole datagram (connected sockets).
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<Progress> {
     // SAFETY: `data` is readable for `data.len()` bytes during the call.
