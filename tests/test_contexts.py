@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from typing import Any, Callable
 
 import ferroloop
@@ -159,10 +160,12 @@ async def datagram_exchange(client_closes: bool) -> dict[str, Any]:
     for _ in range(2):
         client.sendto(b"ping")
         await asyncio.sleep(0.05)
-    # Reading resumed from another context goes on in a copy of that one.
-    client.pause_reading()
+    # Reading resumed from another context goes on in a copy of that one
+    # (3.11+: 3.10's datagram transports cannot pause).
     var.set("resuming")
-    client.resume_reading()
+    if sys.version_info >= (3, 11):
+        client.pause_reading()
+        client.resume_reading()
     var.set("after-resume")
     client.sendto(b"ping")
     await asyncio.sleep(0.05)
@@ -184,7 +187,7 @@ def test_datagram_callbacks_run_in_the_transports_context() -> None:
     seen = results["asyncio"]
     assert seen["srv.data"] == ["server-setup", "srv-set-in-callback", "srv-set-in-callback"]
     assert seen["cli.data"][:2] == ["client-setup", "cli-set-in-callback"]
-    assert seen["cli.data"][2] == "resuming"
+    assert seen["cli.data"][2] == ("resuming" if sys.version_info >= (3, 11) else "cli-set-in-callback")
     assert seen["srv.lost"] == "srv-set-in-callback"
 
 

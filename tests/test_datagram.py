@@ -299,7 +299,11 @@ def test_close_waits_for_the_buffer_and_abort_drops_it() -> None:
     closed = on_both(lambda: close_and_abort_with_a_full_queue(abort=False))
     assert closed["ferroloop"] == closed["asyncio"]
     assert closed["asyncio"]["closing"] and not closed["asyncio"]["lost_before_reading"]
-    assert closed["asyncio"]["all_arrived"] and closed["asyncio"]["size_after"] == 0
+    assert closed["asyncio"]["all_arrived"]
+    # 3.13.0 adds 8 bytes per buffered datagram and never takes them off
+    # again (gh-135444, fixed in later 3.13 releases).
+    drifts = SENDS_EMPTY_DATAGRAMS and not hasattr(asyncio.selector_events._SelectorDatagramTransport, "_header_size")
+    assert (closed["asyncio"]["size_after"] == 0) is not drifts
     aborted = on_both(lambda: close_and_abort_with_a_full_queue(abort=True))
     assert aborted["ferroloop"] == aborted["asyncio"]
     assert aborted["asyncio"]["lost_before_reading"] and aborted["asyncio"]["events"] == [("lost", None)]
@@ -500,14 +504,21 @@ async def extra_info() -> dict[str, Any]:
             ),
             "limits": transport.get_write_buffer_limits(),
             "size": transport.get_write_buffer_size(),
-            "is_reading": transport.is_reading(),
+            "is_reading": transport.is_reading() if sys.version_info >= (3, 11) else None,
             "protocol": type(transport.get_protocol()).__name__,
         }
     info["client address"] = client._address == server_addr
     server.close()
     client.close()
     await asyncio.sleep(0.01)
-    info["after close"] = (client._sock, client.is_closing(), client.is_reading())
+    info["after close"] = (client._sock, client.is_closing())
+    if sys.version_info < (3, 11):
+        # 3.10's datagram transport leaves them to asyncio.ReadTransport.
+        for method in (client.is_reading, client.pause_reading, client.resume_reading):
+            try:
+                method()
+            except NotImplementedError as exc:
+                info.setdefault("not implemented", []).append(str(exc))
     return info
 
 

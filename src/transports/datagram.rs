@@ -65,6 +65,10 @@ struct Refs {
     header_taken_off: bool,
     /// 3.10's `get_write_buffer_size` sums the buffered datagrams.
     size_by_sum: bool,
+    /// 3.10's datagram transport has no `is_reading`, `pause_reading` or
+    /// `resume_reading` of its own: `asyncio.ReadTransport`'s raise
+    /// NotImplementedError.
+    reading_control: bool,
 }
 
 static REFS: PyOnceLock<Refs> = PyOnceLock::new();
@@ -83,6 +87,7 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             header_size: if new_accounting { 8 } else { 0 },
             header_taken_off: new_accounting && selector_transport.hasattr("_header_size")?,
             size_by_sum: py.version_info() < (3, 11),
+            reading_control: py.version_info() >= (3, 11),
         })
     })
 }
@@ -188,6 +193,14 @@ fn copy_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         Ok(copy) => Ok(copy),
         // A non-contiguous memoryview: `bytes()` gathers it.
         Err(_) => Ok(data.py().get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?.as_bytes().to_vec()),
+    }
+}
+
+fn require_reading_control(py: Python<'_>) -> PyResult<()> {
+    if refs(py)?.reading_control {
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(()))
     }
 }
 
@@ -959,12 +972,14 @@ impl DatagramTransport {
         }
     }
 
-    fn is_reading(&self) -> bool {
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        require_reading_control(py)?;
         let st = lock(&self.state);
-        !st.closing && !st.paused
+        Ok(!st.closing && !st.paused)
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        require_reading_control(slf.py())?;
         {
             let mut st = lock(&slf.get().state);
             if st.closing || st.paused {
@@ -980,6 +995,7 @@ impl DatagramTransport {
     /// new reader handle then.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        require_reading_control(py)?;
         {
             let mut st = lock(&slf.get().state);
             if st.closing || !st.paused {
