@@ -509,8 +509,9 @@ impl DatagramTransport {
         } else {
             sock.call_method1(intern!(py, "sendto"), (data, addr))
         };
-        match outcome.and_then(|sent| sent.extract::<usize>()) {
-            Ok(sent) => Sent::Done(sent),
+        match outcome {
+            // asyncio ignores what the method returns.
+            Ok(sent) => Sent::Done(sent.extract::<usize>().unwrap_or(bytes.len())),
             Err(err) => classify_python_error(py, err),
         }
     }
@@ -862,8 +863,7 @@ impl DatagramTransport {
             let name = data.get_type().name()?;
             return Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not {}", name.repr()?)));
         }
-        let length = python_len(data)?;
-        if refs.drops_empty && length == 0 {
+        if refs.drops_empty && python_len(data)? == 0 {
             return Ok(());
         }
         let addr = this.checked_address(py, addr.filter(|a| !a.is_none()))?;
@@ -912,6 +912,7 @@ impl DatagramTransport {
                 Sent::Interrupted(err) => return Err(err),
             }
         }
+        let length = python_len(data)?;
         let copy = copy_of(data)?;
         {
             let mut st = lock(&this.state);

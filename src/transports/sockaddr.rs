@@ -172,7 +172,8 @@ fn unix_to_raw(addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
     } else {
         return None;
     };
-    let abstract_name = path.first() == Some(&0);
+    // An empty name (autobind in `bind`) is left to the socket module.
+    let abstract_name = *path.first()? == 0;
     if path.len() > SUN_PATH_LEN || (!abstract_name && path.len() == SUN_PATH_LEN) {
         return None;
     }
@@ -184,7 +185,10 @@ fn unix_to_raw(addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
         (*sun).sun_family = libc::AF_UNIX as libc::sa_family_t;
         std::ptr::copy_nonoverlapping(path.as_ptr(), std::ptr::addr_of_mut!((*sun).sun_path).cast::<u8>(), path.len());
     }
-    raw.len = (SUN_PATH_OFFSET + path.len()) as libc::socklen_t;
+    // A path is passed with its terminating NUL (already zero in `raw`),
+    // an abstract name without one, as the socket module passes them.
+    let terminator = usize::from(!abstract_name);
+    raw.len = (SUN_PATH_OFFSET + path.len() + terminator) as libc::socklen_t;
     Some(raw)
 }
 
