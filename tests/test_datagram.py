@@ -859,3 +859,96 @@ def test_sendto_after_a_close_that_drained_the_buffer_sends_nothing() -> None:
     # asyncio fails on the socket it no longer has.
     assert results["asyncio"]["all before close arrived"] and not results["asyncio"]["late"]
     assert results["asyncio"]["raised"] == "AttributeError"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10's datagram transports cannot pause reading")
+def test_debug_mode_logs_pausing_and_keeps_delivering(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        server, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+        server.pause_reading()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for n in range(3):
+                peer.sendto(b"%d" % n, server.get_extra_info("sockname"))
+            await asyncio.sleep(0.05)
+            held = protocol.datagrams.qsize()
+            server.resume_reading()
+            got = [(await asyncio.wait_for(protocol.datagrams.get(), 5))[0] for _ in range(3)]
+        server.close()
+        await protocol.lost
+        assert held == 0
+        return got
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        assert run_with_loop(ferroloop.new_event_loop, main()) == [b"0", b"1", b"2"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("<DatagramTransport ") and m.endswith(" pauses reading") for m in messages)
+    assert any(m.endswith("resumes reading") for m in messages)
+
+
+async def address_shapes() -> dict[str, Any]:
+    """sendto() to addresses of every shape, each on a fresh unconnected
+    transport: what was raised, reported or received."""
+    loop = asyncio.get_running_loop()
+    handled = capture_exception_handler(loop)
+    server, server_protocol = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    port = server.get_extra_info("sockname")[1]
+
+    class Index:
+        def __index__(self) -> int:
+            return port
+
+    shapes: dict[str, Any] = {
+        "plain": ("127.0.0.1", port),
+        "bytes host": (b"127.0.0.1", port),
+        "short form host": ("127.1", port),
+        "any host": ("", port),
+        "all zeros": ("0.0.0.0", port),
+        "name": ("localhost", port),
+        "non-ascii name": ("\u00e9.invalid", port),
+        "none host": (None, port),
+        "bool port": ("127.0.0.1", True),
+        "index port": ("127.0.0.1", Index()),
+        "str port": ("127.0.0.1", str(port)),
+        "negative port": ("127.0.0.1", -1),
+        "port 65536": ("127.0.0.1", 65536),
+        "huge port": ("127.0.0.1", 2**70),
+        "three items": ("127.0.0.1", port, 0),
+        "list": ["127.0.0.1", port],
+        "int": 12345,
+        "none": None,
+    }
+    outcomes = {}
+    for label, addr in shapes.items():
+        handled.clear()
+        transport, protocol = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+        try:
+            transport.sendto(b"shape:" + label.encode(), addr)
+            raised = None
+        except Exception as exc:  # noqa: BLE001 - compared across loops
+            raised = describe(exc)
+        await asyncio.sleep(0.02)
+        arrived = []
+        while not server_protocol.datagrams.empty():
+            arrived.append(server_protocol.datagrams.get_nowait()[0])
+        outcomes[label] = {
+            "raised": raised,
+            "errors": [e[1] for e in protocol.events if e[0] == "error"],
+            "handled": [(c["message"], describe(c["exception"])) for c in handled],
+            "closing": transport.is_closing(),
+            "arrived": arrived,
+        }
+        transport.close()
+        await protocol.lost
+    server.close()
+    await asyncio.sleep(0.01)
+    return outcomes
+
+
+def test_every_shape_of_address_gets_asyncios_outcome() -> None:
+    results = on_both(address_shapes)
+    for label, outcome in results["asyncio"].items():
+        assert results["ferroloop"][label] == outcome, label
+    assert results["asyncio"]["plain"]["arrived"] == [b"shape:plain"]
+    assert results["asyncio"]["huge port"]["closing"]
