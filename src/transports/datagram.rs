@@ -923,6 +923,27 @@ impl DatagramTransport {
         Self::maybe_pause_protocol(slf)
     }
 
+    /// The stream half of `asyncio.Transport`, which asyncio's datagram
+    /// transport inherits unimplemented.
+    #[pyo3(signature = (_data))]
+    fn write(&self, _data: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(()))
+    }
+
+    fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = list_of_data.py();
+        PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(()))
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(()))
+    }
+
+    fn can_write_eof(&self) -> PyResult<bool> {
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(()))
+    }
+
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let schedule = {
             let mut st = lock(&slf.get().state);
@@ -1134,6 +1155,16 @@ impl DatagramTransport {
     #[getter]
     fn _conn_lost(&self) -> u32 {
         lock(&self.state).conn_lost
+    }
+
+    #[getter]
+    fn _high_water(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.get_write_buffer_limits(py)?.1)
+    }
+
+    #[getter]
+    fn _low_water(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.get_write_buffer_limits(py)?.0)
     }
 
     #[getter]
