@@ -952,3 +952,26 @@ def test_every_shape_of_address_gets_asyncios_outcome() -> None:
         assert results["ferroloop"][label] == outcome, label
     assert results["asyncio"]["plain"]["arrived"] == [b"shape:plain"]
     assert results["asyncio"]["huge port"]["closing"]
+
+
+def test_a_transport_never_closed_warns_and_closes_its_socket() -> None:
+    import gc
+    import warnings
+
+    loop = ferroloop.new_event_loop()
+
+    async def main() -> socket.socket:
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        sock: socket.socket = transport._sock
+        return sock
+
+    sock = loop.run_until_complete(main())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop.close()
+        gc.collect()
+    assert any(
+        issubclass(w.category, ResourceWarning) and str(w.message).startswith("unclosed transport <DatagramTransport")
+        for w in caught
+    )
+    assert sock.fileno() == -1
