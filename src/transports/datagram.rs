@@ -320,7 +320,7 @@ impl DatagramTransport {
         let event_loop = this.event_loop.get();
         let mut source = RawAddr::empty();
         let received = with_read_scratch(|buf| match sockaddr::recv_from(this.fd, &mut buf[..MAX_READ], &mut source) {
-            Ok(Progress::Done(n)) => Ok(Some(event_loop.read_bytes.bytes_from(py, &buf[..n]))),
+            Ok(Progress::Done(n)) => Ok(Some(event_loop.read_bytes.bytes_from(py, &buf[..n.min(MAX_READ)]))),
             Ok(Progress::WouldBlock) => Ok(None),
             Err(err) => Err(err),
         });
