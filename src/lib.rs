@@ -19,6 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::handles::install_direct_traverse(m.py());
     sock_calls::install_am_send(m.py());
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;

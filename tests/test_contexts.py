@@ -3,12 +3,16 @@ stream transports, compared with asyncio: data_received, the buffered
 protocol's calls and connection_lost after a peer's EOF run in a copy of the
 context the transport was made in (what a callback sets there stays for the
 next one); connection_lost after close() runs in the context close() was
-called in."""
+called in. The datagram transport likewise, with asyncio's reader and
+writer handles' contexts: reading resumed by resume_reading() goes on in a
+copy of that call's context, and a buffer drains in a copy of the context of
+the sendto() that started buffering."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from typing import Any, Callable
 
 import ferroloop
@@ -113,3 +117,135 @@ def test_connection_lost_after_close_runs_in_the_context_close_was_called_in() -
     results = on_both(buffered=False, client_closes=True)
     assert results["ferroloop"] == results["asyncio"]
     assert results["asyncio"]["cli.lost"] == "closing"
+
+
+def datagram_recorder(side: str, seen: dict[str, Any], closes_after: int = 0) -> type[asyncio.DatagramProtocol]:
+    class DatagramRecorder(asyncio.DatagramProtocol):
+        transport: asyncio.DatagramTransport
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            seen[f"{side}.made"] = var.get()
+            self.transport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            calls = seen.setdefault(f"{side}.data", [])
+            calls.append(var.get())
+            var.set(f"{side}-set-in-callback")
+            if side == "srv":
+                self.transport.sendto(data, addr)
+            if closes_after and len(calls) == closes_after:
+                self.transport.close()
+
+        def error_received(self, exc: Exception) -> None:
+            seen.setdefault(f"{side}.error", []).append(var.get())
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            seen[f"{side}.lost"] = var.get()
+
+    return DatagramRecorder
+
+
+async def datagram_exchange(client_closes: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+    var.set("server-setup")
+    server, _ = await loop.create_datagram_endpoint(
+        datagram_recorder("srv", seen, closes_after=0 if client_closes else 3), local_addr=("127.0.0.1", 0)
+    )
+    var.set("client-setup")
+    client, _ = await loop.create_datagram_endpoint(
+        datagram_recorder("cli", seen), remote_addr=server.get_extra_info("sockname")
+    )
+    var.set("after")
+    for _ in range(2):
+        client.sendto(b"ping")
+        await asyncio.sleep(0.05)
+    # Reading resumed from another context goes on in a copy of that one
+    # (3.11+: 3.10's datagram transports cannot pause).
+    var.set("resuming")
+    if sys.version_info >= (3, 11):
+        client.pause_reading()
+        client.resume_reading()
+    var.set("after-resume")
+    client.sendto(b"ping")
+    await asyncio.sleep(0.05)
+    if client_closes:
+        var.set("closing")
+        client.close()
+    else:
+        client.close()
+    await asyncio.sleep(0.1)
+    seen["main"] = var.get()
+    server.close()
+    await asyncio.sleep(0.01)
+    return seen
+
+
+def test_datagram_callbacks_run_in_the_transports_context() -> None:
+    results = {name: run_with_loop(factory, datagram_exchange(client_closes=False)) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    seen = results["asyncio"]
+    assert seen["srv.data"] == ["server-setup", "srv-set-in-callback", "srv-set-in-callback"]
+    assert seen["cli.data"][:2] == ["client-setup", "cli-set-in-callback"]
+    assert seen["cli.data"][2] == ("resuming" if sys.version_info >= (3, 11) else "cli-set-in-callback")
+    assert seen["srv.lost"] == "srv-set-in-callback"
+
+
+def test_datagram_connection_lost_after_close_runs_in_the_context_close_was_called_in() -> None:
+    results = {name: run_with_loop(factory, datagram_exchange(client_closes=True)) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["asyncio"]["cli.lost"] == "closing"
+
+
+async def datagram_drain_context() -> dict[str, Any]:
+    """The buffer drains (and resume_writing runs) in a copy of the context
+    of the sendto() that started buffering, as asyncio's writer handle."""
+    import os
+    import socket
+    import tempfile
+    import uuid
+
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+
+    class Writer(asyncio.DatagramProtocol):
+        def pause_writing(self) -> None:
+            seen["pause"] = var.get()
+
+        def resume_writing(self) -> None:
+            seen["resume"] = var.get()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            seen["lost"] = var.get()
+
+    here, there = (os.path.join(tempfile.gettempdir(), f"ferroloop-ctx-{uuid.uuid4().hex[:12]}") for _ in range(2))
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(there)
+    peer.setblocking(False)
+    var.set("setup")
+    transport, _ = await loop.create_datagram_endpoint(Writer, local_addr=here, family=socket.AF_UNIX)
+    transport.set_write_buffer_limits(high=4096)
+    var.set("first-blocked-send")
+    while transport.get_write_buffer_size() == 0:
+        transport.sendto(b"d" * 500, there)
+    var.set("later-sends")
+    while "pause" not in seen:
+        transport.sendto(b"d" * 500, there)
+    var.set("closing")
+    transport.close()
+    var.set("reading")
+    while "lost" not in seen:
+        try:
+            peer.recv(1000)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    peer.close()
+    for path in (here, there):
+        os.unlink(path)
+    return seen
+
+
+def test_datagram_buffer_drains_in_the_context_of_the_send_that_started_buffering() -> None:
+    results = {name: run_with_loop(factory, datagram_drain_context()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["asyncio"] == {"pause": "later-sends", "resume": "first-blocked-send", "lost": "first-blocked-send"}

@@ -10,8 +10,9 @@ method only calls back into the small surface defined here
 (``_make_socket_transport``, ``_start_serving``, ``_transports``...), which
 is where ferroloop's own transports plug in.
 
-The per-byte work, reading and writing on an established connection, is
-native (``ferroloop._native.StreamTransport``).
+The per-byte work, reading and writing on an established connection or
+datagram endpoint, is native (``ferroloop._native.StreamTransport`` and
+``DatagramTransport``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from asyncio import base_events, events, futures, selector_events, transports, t
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._native import Listener, LoopCore, StreamTransport, make_socket_transport
+from ._native import DatagramTransport, Listener, LoopCore, StreamTransport, make_socket_transport
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -53,55 +54,16 @@ class TransportClass(transports._FlowControlMixin, transports.Transport):
         raise TypeError("TransportClass only describes StreamTransport; it is not instantiated")
 
 
-class _CountingSocket:
-    """The socket a ``DatagramTransport`` sends and receives through: the
-    real one, plus a count of the bytes it moves for the loop's metrics.
-    Only the transport's internal ``_sock`` is this wrapper; its
-    ``get_extra_info("socket")`` is asyncio's ``TransportSocket`` of the real
-    socket, as on asyncio."""
+class DatagramTransportClass(transports._FlowControlMixin, transports.Transport, transports.DatagramTransport):
+    """What a native ``DatagramTransport`` reports as its ``__class__``, so
+    that ``isinstance(transport, asyncio.DatagramTransport)`` holds, and
+    ``asyncio.Transport`` as for asyncio's own datagram transport (a
+    ``_SelectorTransport``). Never instantiated."""
 
-    __slots__ = ("_real", "_loop")
+    __slots__ = ()
 
-    def __init__(self, real: socket.socket, loop: LoopCore) -> None:
-        self._real = real
-        self._loop = loop
-
-    def recvfrom(self, bufsize: int) -> Any:
-        data, addr = self._real.recvfrom(bufsize)
-        self._loop._count_io(len(data), 0)
-        return data, addr
-
-    def send(self, data: Any) -> int:
-        sent = self._real.send(data)
-        self._loop._count_io(0, sent)
-        return sent
-
-    def sendto(self, data: Any, address: Any) -> int:
-        sent = self._real.sendto(data, address)
-        self._loop._count_io(0, sent)
-        return sent
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
-    """asyncio's UDP transport, counting its bytes; its repr needs no
-    selector."""
-
-    def __init__(self, loop: Any, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(loop, sock, *args, **kwargs)
-        self._sock = _CountingSocket(sock, loop)
-
-    def __repr__(self) -> str:
-        info = [type(self).__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        info.append(f"bufsize={self.get_write_buffer_size()}")
-        return f"<{' '.join(info)}>"
+    def __new__(cls, *args: Any, **kwargs: Any) -> "DatagramTransportClass":
+        raise TypeError("DatagramTransportClass only describes DatagramTransport; it is not instantiated")
 
 
 # Listening sockets whose connections the native accept loop takes.
@@ -127,6 +89,24 @@ def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
     copy.__annotations__ = dict(function.__annotations__)
     copy.__doc__ = doc
     return copy
+
+
+def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """asyncio's ``_SelectorTransport`` extra info for a datagram transport:
+    the socket, its name and its peer's (None when the socket has none).
+    Stream transports collect the same natively (src/transports/stream_setup.rs)."""
+    info = dict(extra) if extra else {}
+    info["socket"] = trsock.TransportSocket(sock)
+    try:
+        info["sockname"] = sock.getsockname()
+    except OSError:
+        info["sockname"] = None
+    if "peername" not in info:
+        try:
+            info["peername"] = sock.getpeername()
+        except OSError:
+            info["peername"] = None
+    return info
 
 
 # Since 3.12 asyncio refuses to make a transport on a socket another
@@ -300,7 +280,8 @@ class NetworkMethods:
     # TLS wraps a plain socket transport in asyncio's SSLProtocol.
     _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
 
-    # Datagram and pipe transports are asyncio's, over ferroloop's readiness.
+    # Datagram transports are native; pipe transports are asyncio's, over
+    # ferroloop's readiness.
     def _make_datagram_transport(
         self,
         sock: socket.socket,
@@ -308,10 +289,18 @@ class NetworkMethods:
         address: Any = None,
         waiter: Any = None,
         extra: Optional[dict[str, Any]] = None,
-    ) -> "DatagramTransport":
+    ) -> DatagramTransport:
         if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
             self._ensure_fd_no_transport(sock)
-        return DatagramTransport(self, sock, protocol, address, waiter, extra)
+        connection_made = protocol.connection_made
+        transport = DatagramTransport(self, sock, protocol, address, _transport_extra(sock, extra))  # type: ignore[arg-type]  # a Loop is a LoopCore
+        self._transports[sock.fileno()] = transport
+        self.call_soon(connection_made, transport)  # type: ignore[attr-defined]
+        self.call_soon(transport._start_reading)  # type: ignore[attr-defined]
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+        return transport
+
     _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
     _make_unix_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
 

@@ -24,11 +24,11 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::event_loop::handles::{in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
-use crate::support::sockaddr::AddrStorage;
 use crate::support::sync::lock;
 use crate::support::thread_exit;
 use crate::transports::stream::StreamTransport;
 use crate::transports::stream_setup::{make_stream_transport, Known};
+use crate::transports::sockaddr::{self, RawAddr};
 use crate::transports::syscalls::os_error;
 use crate::transports::Attached;
 
@@ -111,25 +111,22 @@ impl Listener {
             }
         }
         for _ in 0..this.backlog {
-            let mut peer = AddrStorage::new();
-            // SAFETY: `peer` provides a sockaddr_storage and its length, both
-            // valid and writable for the call; an invalid fd only fails.
-            let fd = unsafe {
-                libc::accept4(this.fd, peer.as_mut_ptr(), &mut peer.len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            let mut peer = RawAddr::empty();
+            let fd = match sockaddr::accept(this.fd, &mut peer) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    return match err.raw_os_error() {
+                        // The backlog is empty (the edge is consumed), or the
+                        // peer gave up: asyncio stops here too.
+                        Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => {
+                            lock(&this.state).read_pending = false;
+                            Ok(())
+                        }
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Self::back_off(slf, &err),
+                        _ => Err(os_error(slf.py(), &err)),
+                    };
+                }
             };
-            if fd < 0 {
-                let err = std::io::Error::last_os_error();
-                return match err.raw_os_error() {
-                    // The backlog is empty (the edge is consumed), or the
-                    // peer gave up: asyncio stops here too.
-                    Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => {
-                        lock(&this.state).read_pending = false;
-                        Ok(())
-                    }
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Self::back_off(slf, &err),
-                    _ => Err(os_error(slf.py(), &err)),
-                };
-            }
             Self::accepted(slf, fd, &peer)?;
         }
         // A full burst may have left connections waiting, and no new edge
@@ -163,12 +160,12 @@ impl Listener {
     }
 
     /// One accepted connection: its socket object, protocol and transport.
-    fn accepted(slf: &Bound<'_, Self>, fd: RawFd, peer: &AddrStorage) -> PyResult<()> {
+    fn accepted(slf: &Bound<'_, Self>, fd: RawFd, peer: &RawAddr) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let refs = refs(py)?;
         let made = (|| {
-            let addr = peer.to_python(py)?;
+            let addr = sockaddr::to_object(py, peer)?;
             let conn = refs.socket_class.bind(py).call1((this.family, this.sock_type, this.proto, fd))?;
             // The fd is non-blocking already; this makes the socket object
             // agree (its timeout says blocking until told).
@@ -270,7 +267,7 @@ impl Listener {
         let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
         let sock_type: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
         let proto: i32 = sock.getattr(intern!(py, "proto"))?.extract()?;
-        if !AddrStorage::supported(family) {
+        if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
             return Err(pyo3::exceptions::PyValueError::new_err(format!("unsupported address family {family}")));
         }
         let nodelay = (family == libc::AF_INET || family == libc::AF_INET6)

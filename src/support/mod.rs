@@ -5,6 +5,5 @@
 pub(crate) mod buffers;
 pub(crate) mod int_hash;
 pub(crate) mod pyrefs;
-pub(crate) mod sockaddr;
 pub(crate) mod sync;
 pub(crate) mod thread_exit;

@@ -1,6 +1,8 @@
 //! Transports: the byte-moving half of asyncio's network API.
 
+pub mod datagram;
 pub(crate) mod read_bytes;
+pub(crate) mod sockaddr;
 pub mod stream;
 pub(crate) mod stream_setup;
 pub(crate) mod syscalls;
@@ -10,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::server::listener::Listener;
+use datagram::DatagramTransport;
 use stream::StreamTransport;
 
 /// A native object that owns an fd in the poller for its whole life and runs
@@ -17,6 +20,7 @@ use stream::StreamTransport;
 pub enum Attached {
     Stream(Py<StreamTransport>),
     Listener(Py<Listener>),
+    Datagram(Py<DatagramTransport>),
 }
 
 impl Attached {
@@ -27,6 +31,7 @@ impl Attached {
         match self {
             Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
             Attached::Listener(l) => l.get().note_ready(readable, hung_up),
+            Attached::Datagram(t) => t.get().note_ready(readable, writable, hung_up),
         }
     }
 
@@ -39,13 +44,15 @@ impl Attached {
                 .map_err(|(err, method)| (err, format!("Exception in callback StreamTransport.{method}()"))),
             Attached::Listener(l) => Listener::process(l.bind(py))
                 .map_err(|err| (err, "Exception in callback Listener._accept_connection()".to_owned())),
+            Attached::Datagram(t) => DatagramTransport::process(t.bind(py))
+                .map_err(|(err, method)| (err, format!("Exception in callback DatagramTransport.{method}()"))),
         }
     }
 
     /// The key under which the exception handler's context names it.
     pub fn context_key(&self) -> &'static str {
         match self {
-            Attached::Stream(_) => "transport",
+            Attached::Stream(_) | Attached::Datagram(_) => "transport",
             Attached::Listener(_) => "handle",
         }
     }
@@ -54,6 +61,7 @@ impl Attached {
         match self {
             Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
             Attached::Listener(l) => Attached::Listener(l.clone_ref(py)),
+            Attached::Datagram(t) => Attached::Datagram(t.clone_ref(py)),
         }
     }
 
@@ -61,6 +69,7 @@ impl Attached {
         match self {
             Attached::Stream(t) => t.bind(py).clone().into_any(),
             Attached::Listener(l) => l.bind(py).clone().into_any(),
+            Attached::Datagram(t) => t.bind(py).clone().into_any(),
         }
     }
 
@@ -70,6 +79,7 @@ impl Attached {
         match self {
             Attached::Stream(t) => t.drop_ref(py),
             Attached::Listener(l) => l.drop_ref(py),
+            Attached::Datagram(t) => t.drop_ref(py),
         }
     }
 
@@ -77,6 +87,7 @@ impl Attached {
         match self {
             Attached::Stream(t) => visit.call(t),
             Attached::Listener(l) => visit.call(l),
+            Attached::Datagram(t) => visit.call(t),
         }
     }
 }

@@ -263,18 +263,6 @@ KNOWN: dict[str, str] = {
         "ValueError (uvloop refuses addresses that need a DNS lookup); ferroloop, "
         "like asyncio, hands the address to socket.sendto()",
     # -- ferroloop bugs ---------------------------------------------------
-    "test_udp.Test_UV_UDP.test_send_after_close":
-        "ferroloop bug (asyncio's too): sendto() on a datagram transport whose "
-        "connection_lost() has run should be ignored (uvloop counts it and warns); "
-        "ferroloop's DatagramTransport, asyncio's _SelectorDatagramTransport, raises "
-        "AttributeError 'NoneType' object has no attribute 'call_exception_handler' "
-        "(same on stock asyncio 3.11-3.13)",
-    "test_udp.Test_UV_UDP.test_socketpair":
-        "ferroloop bug (asyncio's too): sendto(data) with no address on a connected "
-        "AF_UNIX datagram socket passed as sock= should send to the peer (uvloop "
-        "does); ferroloop (asyncio's datagram transport) calls sock.sendto(data, "
-        "None): TypeError, 'Fatal write error on datagram transport', transport "
-        "closed (same on stock asyncio 3.11-3.13, where the test skips this step)",
 }
 
 # KNOWN tests that hang on ferroloop, or wait out a long timeout of their own:
