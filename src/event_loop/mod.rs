@@ -335,10 +335,16 @@ impl LoopCore {
     /// asyncio's `_ensure_fd_no_transport`: the Python method is called,
     /// for its exact error, only when the table has the fd at all.
     pub(crate) fn ensure_fd_no_transport(&self, slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        self.ensure_no_transport_on(slf, fd, fd.into_pyobject(slf.py())?.as_any())
+    }
+
+    /// The same check for `fd`, asked of the Python method with `given`
+    /// (the socket, where asyncio passes the socket): its message names it.
+    pub(crate) fn ensure_no_transport_on(&self, slf: &Bound<'_, Self>, fd: RawFd, given: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let Some(table) = self.transport_table.get() else { return Ok(()) };
         if table.bind(py).contains(fd)? {
-            slf.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+            slf.call_method1(intern!(py, "_ensure_fd_no_transport"), (given,))?;
         }
         Ok(())
     }

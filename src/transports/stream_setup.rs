@@ -125,7 +125,7 @@ pub(crate) fn make_stream_transport<'py>(
         }
         None => {
             if refs.refuse_owned_sockets {
-                core.ensure_fd_no_transport(event_loop, fd)?;
+                core.ensure_no_transport_on(event_loop, fd, sock)?;
             }
             nodelay_for(py, sock, fd)?;
         }
