@@ -160,8 +160,12 @@ def frames_of(frame: Optional[types.FrameType]) -> list[types.FrameType]:
 
 
 def site_of(frame: types.FrameType) -> Site:
-    return (frame.f_code.co_filename, frame.f_lineno or frame.f_code.co_firstlineno, frame.f_code.co_qualname
-            if sys.version_info >= (3, 11) else frame.f_code.co_name)
+    code = frame.f_code
+    if sys.version_info >= (3, 11):
+        name = code.co_qualname
+    else:
+        name = code.co_name
+    return (code.co_filename, frame.f_lineno or code.co_firstlineno, name)
 
 
 def innermost_own(frames: list[types.FrameType]) -> Optional[types.FrameType]:
