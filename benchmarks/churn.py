@@ -2,8 +2,9 @@
 
 Two shapes, asyncio, uvloop and ferroloop side by side in the same run:
 
-* ``both``: both ends in one process, one loop. One op is a whole short
-  connection: ``create_connection`` (or ``create_unix_connection``), the
+* ``both``: both ends in one process, one loop (family ``tls``: TCP with a
+  TLS handshake, a self-signed certificate made by the ``openssl``
+  command). One op is a whole short connection: ``create_connection`` (or ``create_unix_connection``), the
   server's accept and ``connection_made``, a 64-byte request echoed, the
   client's close, both ``connection_lost``.
 * ``server``: the loop runs only the server; a separate load generator
@@ -30,6 +31,7 @@ import json
 import os
 import resource
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -47,7 +49,7 @@ from worker import check, new_loop  # noqa: E402
 
 REQUEST = b"x" * 64
 LOOPS = ("asyncio", "uvloop", "ferroloop")
-FAMILIES = ("tcp", "unix")
+FAMILIES = ("tcp", "unix", "tls")
 WORKER_TIMEOUT_S = 600
 
 
@@ -78,20 +80,38 @@ class Client(asyncio.Protocol):
             self.done.set_result(self.received)
 
 
-async def serve(loop: asyncio.AbstractEventLoop, family: str, path: str) -> tuple[Any, Any]:
+def tls_contexts(directory: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway self-signed certificate (made with the openssl command)
+    and the server and client contexts that use it."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-days", "1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+async def serve(loop: asyncio.AbstractEventLoop, family: str, path: str, tls: Any = None) -> tuple[Any, Any]:
     if family == "unix":
         server = await loop.create_unix_server(Echo, path, backlog=1024)
         return server, path
-    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=1024)
+    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=1024, ssl=tls[0] if tls else None)
     return server, server.sockets[0].getsockname()[:2]
 
 
-async def churn_both(loop: asyncio.AbstractEventLoop, family: str, n: int, path: str) -> None:
-    server, address = await serve(loop, family, path)
+async def churn_both(loop: asyncio.AbstractEventLoop, family: str, n: int, path: str, tls: Any = None) -> None:
+    server, address = await serve(loop, family, path, tls)
     for _ in range(n):
         done: asyncio.Future[bytes] = loop.create_future()
         if family == "unix":
             await loop.create_unix_connection(lambda: Client(done), address)
+        elif tls:
+            await loop.create_connection(lambda: Client(done), *address, ssl=tls[1], server_hostname="localhost")
         else:
             await loop.create_connection(lambda: Client(done), *address)
         check(await done == REQUEST, "echo mismatch")
@@ -133,10 +153,11 @@ def worker_main(loop_name: str, shape: str, family: str, n: int) -> None:
     loop = new_loop(loop_name)
     with tempfile.TemporaryDirectory(prefix="churn-") as tmp:
         path = os.path.join(tmp, "s")
+        tls = tls_contexts(tmp) if family == "tls" else None
         if shape == "both":
-            loop.run_until_complete(churn_both(loop, family, 20, path))  # warm-up
+            loop.run_until_complete(churn_both(loop, family, 20, path, tls))  # warm-up
             started = time.process_time()
-            loop.run_until_complete(churn_both(loop, family, n, path + "2"))
+            loop.run_until_complete(churn_both(loop, family, n, path + "2", tls))
             cpu = time.process_time() - started
         else:
             # The load generator is a child process, so only the server's
@@ -199,40 +220,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     loops = [loop for loop in args.loops if probe_loop(loop) is not None]
     cpu: dict[tuple[str, str, str], list[float]] = {}
+    # The load generator speaks plain sockets only.
+    cells = [(shape, family) for shape in args.shapes for family in args.families if (shape, family) != ("server", "tls")]
     for rep in range(args.reps):
-        for shape in args.shapes:
-            for family in args.families:
-                for loop in loops:
-                    result = run_worker([loop, shape, family, str(args.n)])
-                    cpu.setdefault((shape, family, loop), []).append(result["cpu_s"] / args.n)
-                    log(f"rep {rep + 1} {shape}/{family}/{loop}: {result['cpu_s'] / args.n * 1e6:.1f} us/op")
+        for shape, family in cells:
+            for loop in loops:
+                result = run_worker([loop, shape, family, str(args.n)])
+                cpu.setdefault((shape, family, loop), []).append(result["cpu_s"] / args.n)
+                log(f"rep {rep + 1} {shape}/{family}/{loop}: {result['cpu_s'] / args.n * 1e6:.1f} us/op")
     # Under callgrind only this process is counted: for "server", the
     # load generator (a child process) is not.
     ir: dict[tuple[str, str, str], float] = {}
     if not args.no_callgrind:
         n1, n2 = args.callgrind_n
-        for shape in args.shapes:
-            for family in args.families:
-                for loop in loops:
-                    low = callgrind_ir([loop, shape, family, str(n1)])
-                    high = callgrind_ir([loop, shape, family, str(n2)])
-                    ir[(shape, family, loop)] = (high - low) / (n2 - n1)
-                    log(f"callgrind {shape}/{family}/{loop}: {ir[(shape, family, loop)]:,.0f} instructions/op")
+        for shape, family in cells:
+            for loop in loops:
+                low = callgrind_ir([loop, shape, family, str(n1)])
+                high = callgrind_ir([loop, shape, family, str(n2)])
+                ir[(shape, family, loop)] = (high - low) / (n2 - n1)
+                log(f"callgrind {shape}/{family}/{loop}: {ir[(shape, family, loop)]:,.0f} instructions/op")
 
     base = "uvloop" if "uvloop" in loops else loops[0]
     rows = []
-    for shape in args.shapes:
-        for family in args.families:
-            for loop in loops:
-                us = statistics.median(cpu[(shape, family, loop)]) * 1e6
-                base_us = statistics.median(cpu[(shape, family, base)]) * 1e6
-                row = [shape, family, loop, f"{us:.1f}", f"{us / base_us:.2f}x"]
-                if (shape, family, loop) in ir:
-                    ours, theirs = ir[(shape, family, loop)], ir[(shape, family, base)]
-                    row += [f"{ours / 1000:.1f}k", f"{ours / theirs:.2f}x"]
-                else:
-                    row += ["", ""]
-                rows.append(row)
+    for shape, family in cells:
+        for loop in loops:
+            us = statistics.median(cpu[(shape, family, loop)]) * 1e6
+            base_us = statistics.median(cpu[(shape, family, base)]) * 1e6
+            row = [shape, family, loop, f"{us:.1f}", f"{us / base_us:.2f}x"]
+            if (shape, family, loop) in ir:
+                ours, theirs = ir[(shape, family, loop)], ir[(shape, family, base)]
+                row += [f"{ours / 1000:.1f}k", f"{ours / theirs:.2f}x"]
+            else:
+                row += ["", ""]
+            rows.append(row)
     print(markdown_table(["shape", "family", "loop", "CPU us/op", f"vs {base}", "instr/op", f"vs {base}"], rows))
     return 0
 
