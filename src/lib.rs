@@ -18,6 +18,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::handles::install_direct_traverse(m.py());
     sock_calls::install_am_send(m.py());
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<transports::pipe::ReadPipeTransport>()?;
+    m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
     for (name, descriptor) in event_loop::fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;

@@ -26,6 +26,7 @@ from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._native import LoopCore, StreamTransport
+from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -251,7 +252,8 @@ class NetworkMethods:
     # TLS wraps a plain socket transport in asyncio's SSLProtocol.
     _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
 
-    # Datagram and pipe transports are asyncio's, over ferroloop's readiness.
+    # Datagram transports are asyncio's, over ferroloop's readiness; pipe
+    # transports are native (ferroloop._pipes).
     def _make_datagram_transport(
         self,
         sock: socket.socket,
@@ -263,16 +265,18 @@ class NetworkMethods:
         if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
             self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
-    _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
-    _make_unix_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
 
-    def _make_read_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
-        transport = self._make_unix_read_pipe_transport(*args, **kwargs)
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Optional[dict[str, Any]] = None
+    ) -> Any:
+        transport = make_read_pipe_transport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._pipe_transports.add(transport)
         return transport
 
-    def _make_write_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
-        transport = self._make_unix_write_pipe_transport(*args, **kwargs)
+    def _make_write_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Optional[dict[str, Any]] = None
+    ) -> Any:
+        transport = make_write_pipe_transport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._pipe_transports.add(transport)
         return transport
 

@@ -1,5 +1,6 @@
 //! Transports: the byte-moving half of asyncio's network API.
 
+pub mod pipe;
 pub(crate) mod read_bytes;
 pub mod stream;
 pub(crate) mod syscalls;
@@ -8,12 +9,18 @@ mod write_buffer;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
+use pipe::{ReadPipeTransport, WritePipeTransport};
 use stream::StreamTransport;
 
 /// A native object that owns an fd in the poller for its whole life and runs
 /// its own I/O when the fd is ready, with no Python handle in between.
 pub enum Attached {
     Stream(Py<StreamTransport>),
+    ReadPipe(Py<ReadPipeTransport>),
+    WritePipe(Py<WritePipeTransport>),
+    /// A read and a write transport on one fd (a pty given to both
+    /// `connect_read_pipe` and `connect_write_pipe`).
+    PipePair(Py<ReadPipeTransport>, Py<WritePipeTransport>),
 }
 
 impl Attached {
@@ -23,6 +30,12 @@ impl Attached {
     pub fn note_ready(&self, readable: bool, writable: bool, hung_up: bool) -> bool {
         match self {
             Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::ReadPipe(t) => t.get().note_ready(readable, hung_up),
+            Attached::WritePipe(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::PipePair(r, w) => {
+                let read = r.get().note_ready(readable, hung_up);
+                w.get().note_ready(false, writable, false) | read
+            }
         }
     }
 
@@ -33,25 +46,36 @@ impl Attached {
         match self {
             Attached::Stream(t) => StreamTransport::process(t.bind(py))
                 .map_err(|(err, method)| (err, format!("Exception in callback StreamTransport.{method}()"))),
+            Attached::ReadPipe(t) => ReadPipeTransport::process(t.bind(py)).map_err(read_pipe_failure),
+            Attached::WritePipe(t) => WritePipeTransport::process(t.bind(py)).map_err(write_pipe_failure),
+            Attached::PipePair(r, w) => {
+                ReadPipeTransport::process(r.bind(py)).map_err(read_pipe_failure)?;
+                WritePipeTransport::process(w.bind(py)).map_err(write_pipe_failure)
+            }
         }
     }
 
     /// The key under which the exception handler's context names it.
     pub fn context_key(&self) -> &'static str {
         match self {
-            Attached::Stream(_) => "transport",
+            Attached::Stream(_) | Attached::ReadPipe(_) | Attached::WritePipe(_) | Attached::PipePair(..) => "transport",
         }
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
             Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
+            Attached::ReadPipe(t) => Attached::ReadPipe(t.clone_ref(py)),
+            Attached::WritePipe(t) => Attached::WritePipe(t.clone_ref(py)),
+            Attached::PipePair(r, w) => Attached::PipePair(r.clone_ref(py), w.clone_ref(py)),
         }
     }
 
     pub fn as_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self {
             Attached::Stream(t) => t.bind(py).clone().into_any(),
+            Attached::ReadPipe(t) | Attached::PipePair(t, _) => t.bind(py).clone().into_any(),
+            Attached::WritePipe(t) => t.bind(py).clone().into_any(),
         }
     }
 
@@ -60,12 +84,32 @@ impl Attached {
     pub fn release(self, py: Python<'_>) {
         match self {
             Attached::Stream(t) => t.drop_ref(py),
+            Attached::ReadPipe(t) => t.drop_ref(py),
+            Attached::WritePipe(t) => t.drop_ref(py),
+            Attached::PipePair(r, w) => {
+                r.drop_ref(py);
+                w.drop_ref(py);
+            }
         }
     }
 
     pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Attached::Stream(t) => visit.call(t),
+            Attached::ReadPipe(t) => visit.call(t),
+            Attached::WritePipe(t) => visit.call(t),
+            Attached::PipePair(r, w) => {
+                visit.call(r)?;
+                visit.call(w)
+            }
         }
     }
+}
+
+fn read_pipe_failure(err: PyErr) -> (PyErr, String) {
+    (err, "Exception in callback ReadPipeTransport._read_ready()".to_owned())
+}
+
+fn write_pipe_failure(err: PyErr) -> (PyErr, String) {
+    (err, "Exception in callback WritePipeTransport._write_ready()".to_owned())
 }
