@@ -17,6 +17,7 @@ collected with ``os.waitpid(pid, WNOHANG)``. Where pidfds are unavailable
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import sys
 import threading
@@ -142,6 +143,17 @@ def _wait_in_thread(loop: Any, pid: int, transport: Any, on_exit: Callable[[int,
         on_exit(pid, returncode, transport)
 
 
+def _exit_from_loop_thread(loop: Any, pid: int, returncode: int, transport: Any) -> None:
+    """The loop's ``_child_watcher_callback`` for an exit seen on the loop's
+    own thread: the same callbacks in the same iterations, without the
+    wake-up ``call_soon_threadsafe`` costs."""
+    if _EXIT_IN_CALLERS_CONTEXT:
+        loop.call_soon(transport._process_exited, returncode)
+    else:
+        # 3.11's callback skips one iteration.
+        loop.call_soon(loop.call_soon, transport._process_exited, returncode)
+
+
 def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], None]) -> None:
     """Calls ``on_exit(pid, returncode, transport)`` on the loop's thread
     once the child has exited."""
@@ -152,7 +164,7 @@ def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], No
         except OSError:
             pass
         else:
-            PidfdWatch(loop, pid, pidfd, transport, on_exit)
+            PidfdWatch(loop, pid, pidfd, transport, functools.partial(_exit_from_loop_thread, loop))
             return
     thread = threading.Thread(
         target=_wait_in_thread, name=f"asyncio-waitpid-{pid}", args=(loop, pid, transport, on_exit), daemon=True

@@ -17,6 +17,10 @@
 //!
 //! The write buffer keeps a `bytes` it has to wait with by reference; only
 //! mutable buffers are copied.
+//!
+//! Both classes have an instance `__dict__`, as asyncio's Python ones do:
+//! tests (CPython's among them) replace methods such as `pause_reading`
+//! on a transport.
 
 use std::collections::VecDeque;
 use std::io;
@@ -318,7 +322,7 @@ struct ReadState {
     registered: bool,
 }
 
-#[pyclass(module = "ferroloop._native", frozen, weakref)]
+#[pyclass(module = "ferroloop._native", frozen, weakref, dict)]
 pub struct ReadPipeTransport {
     fd: RawFd,
     event_loop: Py<LoopCore>,
@@ -752,7 +756,7 @@ struct WriteState {
     writer_context: Option<Py<PyAny>>,
 }
 
-#[pyclass(module = "ferroloop._native", frozen, weakref)]
+#[pyclass(module = "ferroloop._native", frozen, weakref, dict)]
 pub struct WritePipeTransport {
     fd: RawFd,
     event_loop: Py<LoopCore>,
@@ -1352,5 +1356,62 @@ impl Drop for WritePipeTransport {
         if let Some(pipe) = st.pipe.take() {
             close_unclosed("WritePipeTransport", self.fd, pipe);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        let result = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(result, 0, "pipe2");
+        (fds[0], fds[1])
+    }
+
+    fn close(fd: RawFd) {
+        // SAFETY: the fd was made by `pipe` above and is closed once.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn writev_keeps_the_order_of_the_slices_and_stops_when_full() {
+        let (r, w) = pipe();
+        assert_eq!(write_until_blocked(w, &[b"ab", b"", b"cde"]).expect("write"), 5);
+        let mut buf = [0u8; 16];
+        match read_fd(r, &mut buf).expect("read") {
+            Progress::Done(n) => assert_eq!(&buf[..n], b"abcde"),
+            Progress::WouldBlock => panic!("data was written"),
+        }
+        assert!(matches!(read_fd(r, &mut buf), Ok(Progress::WouldBlock)));
+        let big = vec![1u8; 1 << 20];
+        let written = write_until_blocked(w, &[&big, &big]).expect("write");
+        assert!(written > 0 && written < 2 << 20, "wrote {written}");
+        close(r);
+        close(w);
+    }
+
+    #[test]
+    fn writing_to_a_pipe_without_reader_fails_with_epipe() {
+        let (r, w) = pipe();
+        close(r);
+        // Python ignores SIGPIPE, and so does Rust's runtime; ignored here
+        // again so that the test does not depend on either.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let err = write_until_blocked(w, &[b"x"]).expect_err("no reader");
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        close(w);
+    }
+
+    #[test]
+    fn eof_reads_as_zero_bytes() {
+        let (r, w) = pipe();
+        close(w);
+        let mut buf = [0u8; 4];
+        assert!(matches!(read_fd(r, &mut buf), Ok(Progress::Done(0))));
+        close(r);
     }
 }
