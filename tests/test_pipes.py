@@ -44,6 +44,15 @@ def on_both(scenario: Callable[[asyncio.AbstractEventLoop], Awaitable[Any]]) -> 
     return results["ferroloop"]
 
 
+def is_reading(transport: Any) -> Any:
+    """``transport.is_reading()``; 3.10's read pipe transport lacks it (the
+    base class raises NotImplementedError)."""
+    try:
+        return transport.is_reading()
+    except NotImplementedError:
+        return "not implemented"
+
+
 class Recorder(asyncio.Protocol):
     def __init__(self) -> None:
         self.events: list[Any] = []
@@ -129,7 +138,7 @@ def test_read_transport_delivers_data_then_eof_then_connection_lost() -> None:
             transport.get_extra_info("pipe") is pipe,
             transport.get_extra_info("nothing", 7),
             os.get_blocking(r),
-            transport.is_reading(),
+            is_reading(transport),
             transport.is_closing(),
         ]
         os.write(w, b"hello")
@@ -141,7 +150,8 @@ def test_read_transport_delivers_data_then_eof_then_connection_lost() -> None:
         return checks
 
     result = on_both(scenario)
-    assert result == [True, True, 7, False, True, False, b"hello world", ["made", "data", "eof", ("lost", None)], True, True]
+    reading = "not implemented" if sys.version_info < (3, 11) else True
+    assert result == [True, True, 7, False, reading, False, b"hello world", ["made", "data", "eof", ("lost", None)], True, True]
 
 
 def test_pause_and_resume_reading() -> None:
@@ -149,25 +159,29 @@ def test_pause_and_resume_reading() -> None:
         r, w = os.pipe()
         transport, proto = await loop.connect_read_pipe(Recorder, os.fdopen(r, "rb", 0))
         transport.pause_reading()
-        seen = [transport.is_reading()]
+        seen = [is_reading(transport)]
         transport.pause_reading()  # a no-op when paused
         os.write(w, b"abc")
         await asyncio.sleep(0.05)
         seen.append(bytes(proto.data))
         transport.resume_reading()
         transport.resume_reading()  # a no-op when reading
-        seen.append(transport.is_reading())
+        seen.append(is_reading(transport))
         await asyncio.sleep(0.05)
         seen.append(bytes(proto.data))
         transport.close()
-        seen.append(transport.is_reading())
+        seen.append(is_reading(transport))
         transport.resume_reading()
         await proto.lost
         os.close(w)
         seen.append(proto.events)
         return seen
 
-    assert on_both(scenario) == [False, b"", True, b"abc", False, ["made", "data", ("lost", None)]]
+    events = ["made", "data", ("lost", None)]
+    if sys.version_info < (3, 11):
+        assert on_both(scenario) == ["not implemented", b"", "not implemented", b"abc", "not implemented", events]
+    else:
+        assert on_both(scenario) == [False, b"", True, b"abc", False, events]
 
 
 def test_paused_before_connection_made_reads_nothing_until_resumed() -> None:
