@@ -466,3 +466,26 @@ def test_protocol_errors_in_data_received_reach_the_exception_handler() -> None:
         return errors, bytes(proto.data), proto.events[-1]
 
     assert on_both(scenario) == (["ZeroDivisionError"] * 2, b"12", ("lost", None))
+
+
+def test_a_write_that_must_wait_on_a_closed_loop_raises_asyncios_error() -> None:
+    outcomes = {}
+    for name, factory in LOOPS.items():
+        loop = factory()
+        r, w = os.pipe()
+
+        async def connect() -> Any:
+            return await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb", 0))
+
+        transport, _ = loop.run_until_complete(connect())
+        loop.close()
+        transport.write(b"fits")
+        try:
+            transport.write(b"z" * (1 << 20))
+            outcomes[name] = "no error"
+        except RuntimeError as exc:
+            outcomes[name] = str(exc)
+        transport._pipe.close()
+        transport._pipe = None
+        os.close(r)
+    assert outcomes == {"asyncio": "Event loop is closed", "ferroloop": "Event loop is closed"}

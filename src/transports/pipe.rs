@@ -1109,6 +1109,11 @@ impl WritePipeTransport {
         if written == len {
             return Ok(());
         }
+        // asyncio's `_add_writer` refuses a closed loop before the rest is
+        // buffered: it could never be written.
+        if this.event_loop.get().is_closed() {
+            return Err(closed_error());
+        }
         Self::ensure_registered(slf)?;
         let writer_context = copy_current_context(py)?;
         {
