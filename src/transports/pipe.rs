@@ -108,6 +108,43 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<Progress> {
     }
 }
 
+/// Reads this large or larger skip the scratch buffer (see `read_ready`).
+const DIRECT_READ_MIN: usize = 4096;
+const MAX_READ: usize = super::read_bytes::MAX_READ;
+
+/// What FIONREAD says is waiting in the pipe, socket or tty; None where it
+/// is not supported or nothing is there.
+fn bytes_available(fd: RawFd) -> Option<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points to
+    // a live local; an fd that does not support it only makes ioctl fail.
+    let result = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut count as *mut libc::c_int) };
+    (result == 0 && count > 0).then_some(count as usize)
+}
+
+/// One `read` of up to `size` bytes straight into a new `bytes`. Ok(None)
+/// when it would block or hit EOF (the scratch path then reports which).
+fn read_into_new_bytes(py: Python<'_>, fd: RawFd, size: usize) -> io::Result<Option<Bound<'_, PyBytes>>> {
+    // SAFETY: with a NULL source PyBytes_FromStringAndSize allocates an
+    // uninitialised object of `size` bytes, owned by the returned Bound. It
+    // is filled by `read` before any Python code can see it, and only its
+    // first `n` bytes are ever exposed (copied into a fresh object below
+    // when the read was short).
+    unsafe {
+        let raw = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as pyo3::ffi::Py_ssize_t);
+        let Ok(object) = Bound::from_owned_ptr_or_err(py, raw) else {
+            return Ok(None);
+        };
+        let storage = pyo3::ffi::PyBytes_AsString(object.as_ptr()) as *mut u8;
+        let buffer = std::slice::from_raw_parts_mut(storage, size);
+        match read_fd(fd, buffer)? {
+            Progress::Done(0) | Progress::WouldBlock => Ok(None),
+            Progress::Done(n) if n == size => Ok(Some(object.cast_into_unchecked::<PyBytes>())),
+            Progress::Done(n) => Ok(Some(PyBytes::new(py, &buffer[..n]))),
+        }
+    }
+}
+
 /// `writev` of `slices` until all is written or the kernel says EAGAIN.
 /// Returns the bytes written; an error after some bytes went out is left
 /// for the next write to report.
@@ -378,6 +415,21 @@ impl ReadPipeTransport {
             }
         };
         let event_loop = this.event_loop.get();
+        // With FIONREAD's count, a large read goes straight into a `bytes`
+        // of that size: no copy out of the scratch buffer.
+        if let Some(available) = bytes_available(this.fd).filter(|n| *n >= DIRECT_READ_MIN) {
+            match read_into_new_bytes(py, this.fd, available.min(MAX_READ)) {
+                Ok(Some(data)) => {
+                    let full = data.as_bytes().len() == MAX_READ;
+                    return Self::deliver(slf, protocol, data, full, None);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    lock(&this.state).read_pending = false;
+                    return Self::fatal_error(slf, os_error(py, &err), "Fatal read error on pipe transport");
+                }
+            }
+        }
         let received = with_read_scratch(|buf| match read_fd(this.fd, buf) {
             Ok(Progress::Done(n)) => Ok(Some((event_loop.read_bytes.bytes_from(py, &buf[..n]), n == buf.len()))),
             Ok(Progress::WouldBlock) => Ok(None),
@@ -397,22 +449,41 @@ impl ReadPipeTransport {
                 Self::on_eof(slf, protocol.bind(py))
             }
             Ok(Some((received, full))) => {
-                event_loop.io_counters.add_received(received.data.as_bytes().len());
-                {
-                    let mut st = lock(&this.state);
-                    st.read_pending = full || st.peer_closed;
-                }
-                let delivered = thread_exit::call_method(protocol.bind(py), intern!(py, "data_received"), (&received.data,));
-                drop(protocol);
-                event_loop.read_bytes.give_back(received);
-                let mut st = lock(&this.state);
-                if st.read_pending && st.reading {
-                    Self::queue_locked(slf, &mut st);
-                }
-                drop(st);
-                delivered.map(drop)
+                let data = received.data.clone();
+                Self::deliver(slf, protocol, data, full, Some(received))
             }
         }
+    }
+
+    /// Hands one read to `data_received`; the transport stays queued while
+    /// more may be waiting.
+    fn deliver(
+        slf: &Bound<'_, Self>,
+        protocol: Py<PyAny>,
+        data: Bound<'_, PyBytes>,
+        full: bool,
+        reusable: Option<super::read_bytes::Received<'_>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = this.event_loop.get();
+        event_loop.io_counters.add_received(data.as_bytes().len());
+        {
+            let mut st = lock(&this.state);
+            st.read_pending = full || st.peer_closed;
+        }
+        let delivered = thread_exit::call_method(protocol.bind(py), intern!(py, "data_received"), (&data,));
+        drop(protocol);
+        drop(data);
+        if let Some(received) = reusable {
+            event_loop.read_bytes.give_back(received);
+        }
+        let mut st = lock(&this.state);
+        if st.read_pending && st.reading {
+            Self::queue_locked(slf, &mut st);
+        }
+        drop(st);
+        delivered.map(drop)
     }
 
     fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
