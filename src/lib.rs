@@ -20,6 +20,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sock_calls::install_am_send(m.py());
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_class::<transports::pipe::ReadPipeTransport>()?;
+    m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import os
 from typing import Any, Callable
 
 import ferroloop
@@ -249,3 +250,73 @@ def test_datagram_buffer_drains_in_the_context_of_the_send_that_started_bufferin
     results = {name: run_with_loop(factory, datagram_drain_context()) for name, factory in LOOPS.items()}
     assert results["ferroloop"] == results["asyncio"]
     assert results["asyncio"] == {"pause": "later-sends", "resume": "first-blocked-send", "lost": "first-blocked-send"}
+class PipeRecorder(asyncio.Protocol):
+    """Records the context var in each pipe protocol callback and sets it
+    in data_received, to see whether the change stays for the next one."""
+
+    def __init__(self, seen: dict[str, Any], side: str) -> None:
+        self.seen = seen
+        self.side = side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.seen[f"{self.side}.made"] = var.get()
+
+    def data_received(self, data: bytes) -> None:
+        self.seen.setdefault(f"{self.side}.data", []).append(var.get())
+        var.set(f"{self.side}-set-in-callback")
+
+    def eof_received(self) -> None:
+        self.seen[f"{self.side}.eof"] = var.get()
+
+    def pause_writing(self) -> None:
+        self.seen[f"{self.side}.pause"] = var.get()
+
+    def resume_writing(self) -> None:
+        self.seen[f"{self.side}.resume"] = var.get()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.seen[f"{self.side}.lost"] = var.get()
+
+
+async def pipe_exchange() -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    seen: dict[str, Any] = {}
+    r, w = os.pipe()
+    var.set("reader-setup")
+    await loop.connect_read_pipe(lambda: PipeRecorder(seen, "read"), os.fdopen(r, "rb", 0))
+    r2, w2 = os.pipe()
+    var.set("writer-setup")
+    writer, _ = await loop.connect_write_pipe(lambda: PipeRecorder(seen, "write"), os.fdopen(w2, "wb", 0))
+    var.set("after")
+    for _ in range(2):
+        os.write(w, b"ping")
+        await asyncio.sleep(0.05)
+    os.close(w)
+    # The write transport pauses here and resumes from its writable
+    # callback, which runs in the context the waiting write() was called in.
+    writer.write(b"x" * (1 << 20))
+    os.set_blocking(r2, False)
+    received = 0
+    while received < 1 << 20:
+        await asyncio.sleep(0.01)
+        try:
+            received += len(os.read(r2, 1 << 20))
+        except BlockingIOError:
+            pass
+    await asyncio.sleep(0.05)
+    var.set("closing")
+    writer.close()
+    await asyncio.sleep(0.05)
+    os.close(r2)
+    seen["main"] = var.get()
+    return seen
+
+
+def test_pipe_protocol_callbacks_run_where_asyncios_do() -> None:
+    results = {name: run_with_loop(factory, pipe_exchange()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    seen = results["asyncio"]
+    assert seen["read.data"] == ["reader-setup", "read-set-in-callback"]
+    assert seen["read.eof"] == "read-set-in-callback" and seen["read.lost"] == "read-set-in-callback"
+    assert seen["write.pause"] == "after" and seen["write.resume"] == "after"
+    assert seen["write.lost"] == "closing"

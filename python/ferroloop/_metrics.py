@@ -60,9 +60,9 @@ class LoopMetrics(TypedDict):
     stalls_total: int
     """Stalls reported by the watchdog (0 without it)."""
     bytes_received_total: int
-    """Bytes read by the loop's socket transports (TCP, Unix, UDP)."""
+    """Bytes read by the loop's socket and pipe transports (TCP, Unix, UDP, pipes)."""
     bytes_sent_total: int
-    """Bytes the loop's socket transports handed to the kernel."""
+    """Bytes the loop's socket and pipe transports handed to the kernel."""
     open_transports: int
     """Socket and pipe transports not yet closed."""
     callbacks_per_second: float
@@ -169,8 +169,8 @@ _FAMILIES = (
     ("ferroloop_current_callback_age_seconds", "gauge", "How long the callback running now has been running (0 between callbacks).", "current_callback_age_seconds"),
     ("ferroloop_tasks", "gauge", "Tasks of the loop not yet done.", "tasks_alive"),
     ("ferroloop_stalls", "counter", "Stalls reported by the watchdog.", "stalls_total"),
-    ("ferroloop_received_bytes", "counter", "Bytes read by the loop's socket transports (TCP, Unix, UDP).", "bytes_received_total"),
-    ("ferroloop_sent_bytes", "counter", "Bytes the loop's socket transports handed to the kernel.", "bytes_sent_total"),
+    ("ferroloop_received_bytes", "counter", "Bytes read by the loop's socket and pipe transports (TCP, Unix, UDP, pipes).", "bytes_received_total"),
+    ("ferroloop_sent_bytes", "counter", "Bytes the loop's socket and pipe transports handed to the kernel.", "bytes_sent_total"),
     ("ferroloop_transports", "gauge", "Socket and pipe transports not yet closed.", "open_transports"),
 )
 

@@ -29,6 +29,8 @@ from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._native import DatagramTransport, Listener, LoopCore, StreamTransport, make_socket_transport
+from ._pipes import make_read_pipe_transport, make_write_pipe_transport
+from ._process import make_subprocess_transport, policy_child_watcher
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -280,8 +282,7 @@ class NetworkMethods:
     # TLS wraps a plain socket transport in asyncio's SSLProtocol.
     _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
 
-    # Datagram transports are native; pipe transports are asyncio's, over
-    # ferroloop's readiness.
+    # Datagram and pipe transports are native (ferroloop._pipes for pipes).
     def _make_datagram_transport(
         self,
         sock: socket.socket,
@@ -301,21 +302,23 @@ class NetworkMethods:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
         return transport
 
-    _make_unix_read_pipe_transport = _borrow(_Unix, "_make_read_pipe_transport")
-    _make_unix_write_pipe_transport = _borrow(_Unix, "_make_write_pipe_transport")
-
-    def _make_read_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
-        transport = self._make_unix_read_pipe_transport(*args, **kwargs)
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Optional[dict[str, Any]] = None
+    ) -> Any:
+        transport = make_read_pipe_transport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._pipe_transports.add(transport)
         return transport
 
-    def _make_write_pipe_transport(self, *args: Any, **kwargs: Any) -> Any:
-        transport = self._make_unix_write_pipe_transport(*args, **kwargs)
+    def _make_write_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: Optional[dict[str, Any]] = None
+    ) -> Any:
+        transport = make_write_pipe_transport(self, pipe, protocol, waiter, extra)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._pipe_transports.add(transport)
         return transport
 
-    # Subprocesses: asyncio's transport over pipes, with the policy's child
-    # watcher (3.11) or a pidfd/thread watcher (3.12+), as asyncio picks.
+    # Subprocesses: asyncio's transport over the native pipes; the child's
+    # exit comes from a pidfd in the poller (ferroloop._process), or from
+    # the policy's child watcher when the program set one.
     if TYPE_CHECKING:
         subprocess_exec = events.AbstractEventLoop.subprocess_exec
         subprocess_shell = events.AbstractEventLoop.subprocess_shell
@@ -333,7 +336,26 @@ class NetworkMethods:
             "from ``protocol_factory``: ``(transport, protocol)``.",
         )
     _log_subprocess = _borrow(_Base, "_log_subprocess")
-    _make_subprocess_transport = _borrow(_Unix, "_make_subprocess_transport")
+    _make_subprocess_transport_by_watcher = _borrow(_Unix, "_make_subprocess_transport")
+
+    async def _make_subprocess_transport(
+        self,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Any:
+        if policy_child_watcher() is not None:
+            return await self._make_subprocess_transport_by_watcher(
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+            )
+        return await make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs)
+
     _child_watcher_callback = _borrow(_Unix, "_child_watcher_callback")
 
     _transports: "weakref.WeakValueDictionary[int, Any]"

@@ -1,6 +1,7 @@
 //! Transports: the byte-moving half of asyncio's network API.
 
 pub mod datagram;
+pub mod pipe;
 pub(crate) mod read_bytes;
 pub(crate) mod sockaddr;
 pub mod stream;
@@ -13,6 +14,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::server::listener::Listener;
 use datagram::DatagramTransport;
+use pipe::{ReadPipeTransport, WritePipeTransport};
 use stream::StreamTransport;
 
 /// A native object that owns an fd in the poller for its whole life and runs
@@ -21,6 +23,11 @@ pub enum Attached {
     Stream(Py<StreamTransport>),
     Listener(Py<Listener>),
     Datagram(Py<DatagramTransport>),
+    ReadPipe(Py<ReadPipeTransport>),
+    WritePipe(Py<WritePipeTransport>),
+    /// A read and a write transport on one fd (a pty given to both
+    /// `connect_read_pipe` and `connect_write_pipe`).
+    PipePair(Py<ReadPipeTransport>, Py<WritePipeTransport>),
 }
 
 impl Attached {
@@ -32,6 +39,12 @@ impl Attached {
             Attached::Stream(t) => t.get().note_ready(readable, writable, hung_up),
             Attached::Listener(l) => l.get().note_ready(readable, hung_up),
             Attached::Datagram(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::ReadPipe(t) => t.get().note_ready(readable, hung_up),
+            Attached::WritePipe(t) => t.get().note_ready(readable, writable, hung_up),
+            Attached::PipePair(r, w) => {
+                let read = r.get().note_ready(readable, hung_up);
+                w.get().note_ready(false, writable, false) | read
+            }
         }
     }
 
@@ -46,13 +59,23 @@ impl Attached {
                 .map_err(|err| (err, "Exception in callback Listener._accept_connection()".to_owned())),
             Attached::Datagram(t) => DatagramTransport::process(t.bind(py))
                 .map_err(|(err, method)| (err, format!("Exception in callback DatagramTransport.{method}()"))),
+            Attached::ReadPipe(t) => ReadPipeTransport::process(t.bind(py)).map_err(read_pipe_failure),
+            Attached::WritePipe(t) => WritePipeTransport::process(t.bind(py)).map_err(write_pipe_failure),
+            Attached::PipePair(r, w) => {
+                ReadPipeTransport::process(r.bind(py)).map_err(read_pipe_failure)?;
+                WritePipeTransport::process(w.bind(py)).map_err(write_pipe_failure)
+            }
         }
     }
 
     /// The key under which the exception handler's context names it.
     pub fn context_key(&self) -> &'static str {
         match self {
-            Attached::Stream(_) | Attached::Datagram(_) => "transport",
+            Attached::Stream(_)
+            | Attached::Datagram(_)
+            | Attached::ReadPipe(_)
+            | Attached::WritePipe(_)
+            | Attached::PipePair(..) => "transport",
             Attached::Listener(_) => "handle",
         }
     }
@@ -62,6 +85,9 @@ impl Attached {
             Attached::Stream(t) => Attached::Stream(t.clone_ref(py)),
             Attached::Listener(l) => Attached::Listener(l.clone_ref(py)),
             Attached::Datagram(t) => Attached::Datagram(t.clone_ref(py)),
+            Attached::ReadPipe(t) => Attached::ReadPipe(t.clone_ref(py)),
+            Attached::WritePipe(t) => Attached::WritePipe(t.clone_ref(py)),
+            Attached::PipePair(r, w) => Attached::PipePair(r.clone_ref(py), w.clone_ref(py)),
         }
     }
 
@@ -70,6 +96,8 @@ impl Attached {
             Attached::Stream(t) => t.bind(py).clone().into_any(),
             Attached::Listener(l) => l.bind(py).clone().into_any(),
             Attached::Datagram(t) => t.bind(py).clone().into_any(),
+            Attached::ReadPipe(t) | Attached::PipePair(t, _) => t.bind(py).clone().into_any(),
+            Attached::WritePipe(t) => t.bind(py).clone().into_any(),
         }
     }
 
@@ -80,6 +108,12 @@ impl Attached {
             Attached::Stream(t) => t.drop_ref(py),
             Attached::Listener(l) => l.drop_ref(py),
             Attached::Datagram(t) => t.drop_ref(py),
+            Attached::ReadPipe(t) => t.drop_ref(py),
+            Attached::WritePipe(t) => t.drop_ref(py),
+            Attached::PipePair(r, w) => {
+                r.drop_ref(py);
+                w.drop_ref(py);
+            }
         }
     }
 
@@ -88,6 +122,20 @@ impl Attached {
             Attached::Stream(t) => visit.call(t),
             Attached::Listener(l) => visit.call(l),
             Attached::Datagram(t) => visit.call(t),
+            Attached::ReadPipe(t) => visit.call(t),
+            Attached::WritePipe(t) => visit.call(t),
+            Attached::PipePair(r, w) => {
+                visit.call(r)?;
+                visit.call(w)
+            }
         }
     }
+}
+
+fn read_pipe_failure(err: PyErr) -> (PyErr, String) {
+    (err, "Exception in callback ReadPipeTransport._read_ready()".to_owned())
+}
+
+fn write_pipe_failure(err: PyErr) -> (PyErr, String) {
+    (err, "Exception in callback WritePipeTransport._write_ready()".to_owned())
 }

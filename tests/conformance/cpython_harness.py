@@ -83,6 +83,7 @@ SUITES: tuple[Suite, ...] = (
     Suite("test_server", "test_server", NETWORK),
     Suite("test_buffered_proto", "test_buffered_proto", NETWORK),
     Suite("test_streams", "test_streams", NETWORK),
+    Suite("test_subprocess", "test_subprocess", NETWORK),
 )
 SUITES_BY_NAME = {s.name: s for s in SUITES}
 
