@@ -38,6 +38,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, MAX_READ};
 use super::sockaddr::{self, RawAddr};
 use super::syscalls::{os_error, Progress};
+use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::event_loop::handles::{closed_error, in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
@@ -47,7 +48,6 @@ use crate::support::thread_exit;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
 const WRITE_ERROR: &str = "Fatal write error on datagram transport";
 const READ_ERROR: &str = "Fatal read error on datagram transport";
 
@@ -642,14 +642,7 @@ impl DatagramTransport {
         exc: &Bound<'_, PyAny>,
         protocol: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let context = PyDict::new(py);
-        context.set_item(intern!(py, "message"), message)?;
-        context.set_item(intern!(py, "exception"), exc)?;
-        context.set_item(intern!(py, "transport"), slf)?;
-        context.set_item(intern!(py, "protocol"), protocol)?;
-        thread_exit::call_method(slf.get().loop_obj(py), intern!(py, "call_exception_handler"), (context,))?;
-        Ok(())
+        report_to_loop(slf.get().loop_obj(slf.py()), slf.as_any(), message, exc, protocol)
     }
 
     /// asyncio's `_fatal_error`: an OSError is only logged in debug mode,
@@ -1045,25 +1038,12 @@ impl DatagramTransport {
     /// asyncio's `_set_write_buffer_limits`.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<Bound<'_, PyAny>>, low: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let high = match (high, &low) {
-            (Some(high), _) => high,
-            (None, None) => DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any(),
-            (None, Some(low)) => 4i64.into_pyobject(py)?.mul(low)?,
-        };
-        let low = match low {
-            Some(low) => low,
-            None => high.floor_div(4)?,
-        };
-        if !(high.ge(&low)? && low.ge(0)?) {
-            return Err(PyValueError::new_err(format!("high ({}) must be >= low ({}) must be >= 0", high.repr()?, low.repr()?)));
-        }
-        let as_size = |mark: &Bound<'_, PyAny>| mark.extract::<f64>().unwrap_or(f64::INFINITY);
+        let marks = water_marks(slf.py(), high, low, DEFAULT_HIGH_WATER)?;
         let previous = {
             let mut st = lock(&slf.get().state);
-            st.high_water = as_size(&high);
-            st.low_water = as_size(&low);
-            st.limits_given.replace((low.unbind(), high.unbind()))
+            st.high_water = marks.high;
+            st.low_water = marks.low;
+            st.limits_given.replace(marks.given)
         };
         drop(previous);
         Self::maybe_pause_protocol(slf)

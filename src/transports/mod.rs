@@ -4,6 +4,7 @@ pub mod datagram;
 pub mod pipe;
 pub(crate) mod read_bytes;
 pub(crate) mod sockaddr;
+pub(crate) mod shared;
 pub mod stream;
 pub(crate) mod stream_setup;
 pub(crate) mod syscalls;

@@ -35,6 +35,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::read_bytes::with_read_scratch;
 use super::syscalls::os_error;
+use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::event_loop::handles::{closed_error, in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
@@ -45,7 +46,6 @@ use crate::support::thread_exit;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
 /// iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -302,23 +302,6 @@ fn call_soon(event_loop: &Bound<'_, LoopCore>, callback: Bound<'_, PyAny>, arg: 
     Ok(())
 }
 
-fn call_exception_handler(
-    event_loop: &Bound<'_, LoopCore>,
-    transport: &Bound<'_, PyAny>,
-    message: &str,
-    exc: &Bound<'_, PyAny>,
-    protocol: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
-    let py = event_loop.py();
-    let context = PyDict::new(py);
-    context.set_item(intern!(py, "message"), message)?;
-    context.set_item(intern!(py, "exception"), exc)?;
-    context.set_item(intern!(py, "transport"), transport)?;
-    context.set_item(intern!(py, "protocol"), protocol)?;
-    thread_exit::call_method(event_loop, intern!(py, "call_exception_handler"), (context,))?;
-    Ok(())
-}
-
 /// The transport's `__del__`: warn about a transport dropped unclosed and
 /// close its pipe.
 fn close_unclosed(name: &str, fd: RawFd, pipe: Py<PyAny>) {
@@ -518,7 +501,7 @@ impl ReadPipeTransport {
             }
         } else {
             let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
-            call_exception_handler(this.event_loop.bind(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
+            report_to_loop(this.event_loop.bind(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
         }
         Self::close_with(slf, exc.into_any())
     }
@@ -975,7 +958,7 @@ impl WritePipeTransport {
             }
         } else {
             let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
-            call_exception_handler(this.event_loop.bind(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
+            report_to_loop(this.event_loop.bind(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
         }
         Self::close_with(slf, exc.into_any())
     }
@@ -1057,7 +1040,7 @@ impl WritePipeTransport {
             Err(err) if is_fatal(py, &err) => Err(err),
             Err(err) => {
                 let exc = err.into_value(py).into_bound(py);
-                call_exception_handler(slf.get().event_loop.bind(py), slf.as_any(), message, exc.as_any(), Some(protocol))
+                report_to_loop(slf.get().event_loop.bind(py), slf.as_any(), message, exc.as_any(), Some(protocol))
             }
         }
     }
@@ -1289,25 +1272,12 @@ impl WritePipeTransport {
     /// with `high >= low >= 0`.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<Bound<'_, PyAny>>, low: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let high = match (high, &low) {
-            (Some(high), _) => high,
-            (None, None) => DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any(),
-            (None, Some(low)) => 4i64.into_pyobject(py)?.mul(low)?,
-        };
-        let low = match low {
-            Some(low) => low,
-            None => high.floor_div(4)?,
-        };
-        if !(high.ge(&low)? && low.ge(0)?) {
-            return Err(PyValueError::new_err(format!("high ({}) must be >= low ({}) must be >= 0", high.repr()?, low.repr()?)));
-        }
-        let as_size = |mark: &Bound<'_, PyAny>| mark.extract::<f64>().unwrap_or(f64::INFINITY);
+        let marks = water_marks(slf.py(), high, low, DEFAULT_HIGH_WATER)?;
         {
             let mut st = lock(&slf.get().state);
-            st.high_water = as_size(&high);
-            st.low_water = as_size(&low);
-            st.limits_given = Some((low.unbind(), high.unbind()));
+            st.high_water = marks.high;
+            st.low_water = marks.low;
+            st.limits_given = Some(marks.given);
         }
         Self::maybe_pause_protocol(slf)
     }

@@ -28,6 +28,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
+use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::support::thread_exit;
 use crate::support::buffers::{with_bytes, with_writable_bytes};
@@ -37,7 +38,6 @@ use crate::support::sync::lock;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH_WATER: i64 = 64 * 1024;
 
 struct Refs {
     buffered_protocol: Py<PyAny>,
@@ -533,21 +533,13 @@ impl StreamTransport {
         Self::call_exception_handler(slf, message, err.into_value(py).bind(py).as_any(), Some(protocol))
     }
 
-    /// `loop.call_exception_handler` with asyncio's transport context keys.
     fn call_exception_handler(
         slf: &Bound<'_, Self>,
         message: &str,
         exc: &Bound<'_, PyAny>,
         protocol: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let context = PyDict::new(py);
-        context.set_item(intern!(py, "message"), message)?;
-        context.set_item(intern!(py, "exception"), exc)?;
-        context.set_item(intern!(py, "transport"), slf)?;
-        context.set_item(intern!(py, "protocol"), protocol)?;
-        thread_exit::call_method(slf.get().loop_obj(py), intern!(py, "call_exception_handler"), (context,))?;
-        Ok(())
+        report_to_loop(slf.get().loop_obj(slf.py()), slf.as_any(), message, exc, protocol)
     }
 
     /// asyncio's `_fatal_error`: OSErrors are expected (a peer going away) and
@@ -896,30 +888,12 @@ impl StreamTransport {
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = match (high, &low) {
-            (Some(high), _) => high,
-            (None, None) => DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any(),
-            (None, Some(low)) => 4i64.into_pyobject(py)?.mul(low)?,
-        };
-        let low = match low {
-            Some(low) => low,
-            None => high.floor_div(4)?,
-        };
-        if !(high.ge(&low)? && low.ge(0)?) {
-            return Err(PyValueError::new_err(format!(
-                "high ({}) must be >= low ({}) must be >= 0",
-                high.repr()?,
-                low.repr()?
-            )));
-        }
-        // Beyond a float's range (a huge int) is as good as no limit.
-        let as_size = |mark: &Bound<'_, PyAny>| mark.extract::<f64>().unwrap_or(f64::INFINITY);
+        let marks = water_marks(slf.py(), high, low, DEFAULT_HIGH_WATER)?;
         {
             let mut st = lock(&slf.get().state);
-            st.high_water = as_size(&high);
-            st.low_water = as_size(&low);
-            st.limits_given = Some((low.unbind(), high.unbind()));
+            st.high_water = marks.high;
+            st.low_water = marks.low;
+            st.limits_given = Some(marks.given);
         }
         Self::maybe_pause_protocol(slf)
     }
