@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = targets_table(results, args.benchmarks)
     if targets:
         print()
-        print("Targets (issue): ferroloop instructions/op relative to uvloop")
+        print("Targets: ferroloop instructions/op relative to uvloop")
         print()
         print(targets)
     watchdog = watchdog_table(results, args.benchmarks)
