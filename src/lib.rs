@@ -25,6 +25,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sock_calls::SockCall>()?;
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(transports::stream_setup::transport_extra, m)?)?;
     for (name, descriptor) in event_loop::fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

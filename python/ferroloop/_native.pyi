@@ -364,6 +364,11 @@ class Listener:
     @property
     def _sock(self) -> Optional[socket.socket]: ...
 
+def transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A copy of ``extra`` with asyncio's socket extra info added: the
+    socket (a ``TransportSocket``), ``sockname`` and ``peername`` (None when
+    the socket has none)."""
+
 def make_socket_transport(
     event_loop: LoopCore,
     sock: socket.socket,

@@ -24,11 +24,11 @@ import socket
 import sys
 import types
 import weakref
-from asyncio import base_events, events, futures, selector_events, transports, trsock, unix_events
+from asyncio import base_events, events, futures, selector_events, transports, unix_events
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._native import DatagramTransport, Listener, LoopCore, StreamTransport, make_socket_transport
+from ._native import DatagramTransport, Listener, LoopCore, StreamTransport, make_socket_transport, transport_extra
 from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
 
@@ -93,24 +93,6 @@ def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
     return copy
 
 
-def _transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """asyncio's ``_SelectorTransport`` extra info for a datagram transport:
-    the socket, its name and its peer's (None when the socket has none).
-    Stream transports collect the same natively (src/transports/stream_setup.rs)."""
-    info = dict(extra) if extra else {}
-    info["socket"] = trsock.TransportSocket(sock)
-    try:
-        info["sockname"] = sock.getsockname()
-    except OSError:
-        info["sockname"] = None
-    if "peername" not in info:
-        try:
-            info["peername"] = sock.getpeername()
-        except OSError:
-            info["peername"] = None
-    return info
-
-
 # Since 3.12 asyncio refuses to make a transport on a socket another
 # (open) transport owns, with the RuntimeError of _ensure_fd_no_transport.
 _TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
@@ -134,6 +116,7 @@ _CONNECTION_DEFAULTS = {
     for name, parameter in inspect.signature(_asyncio_create_connection).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY
 }
+_NO_DEFAULT = object()
 
 
 @functools.wraps(_asyncio_create_connection)
@@ -163,9 +146,6 @@ async def _fast_create_connection(
             "%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), host, port, transport, protocol
         )
     return transport, protocol
-
-
-_NO_DEFAULT = object()
 
 
 class NetworkMethods:
@@ -294,7 +274,7 @@ class NetworkMethods:
         if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
             self._ensure_fd_no_transport(sock)
         connection_made = protocol.connection_made
-        transport = DatagramTransport(self, sock, protocol, address, _transport_extra(sock, extra))  # type: ignore[arg-type]  # a Loop is a LoopCore
+        transport = DatagramTransport(self, sock, protocol, address, transport_extra(sock, extra))  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._transports[sock.fileno()] = transport
         self.call_soon(connection_made, transport)  # type: ignore[attr-defined]
         self.call_soon(transport._start_reading)  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
 use crate::support::sync::lock;
 use crate::support::thread_exit;
 use crate::transports::stream::StreamTransport;
-use crate::transports::stream_setup::{make_stream_transport, Known};
+use crate::transports::stream_setup::{make_stream_transport, wants_nodelay, Known};
 use crate::transports::sockaddr::{self, RawAddr};
 use crate::transports::syscalls::os_error;
 use crate::transports::Attached;
@@ -246,7 +246,7 @@ impl Listener {
         let known = Known { fd, tcp: this.nodelay };
         let event_loop = this.event_loop.bind(py);
         let transport =
-            make_stream_transport(event_loop, conn, &protocol, None, Some(&extra), Some(server), Some(context), Some(known))?;
+            make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;
         *transport_out = Some(transport);
         Ok(())
     }
@@ -270,9 +270,7 @@ impl Listener {
         if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
             return Err(pyo3::exceptions::PyValueError::new_err(format!("unsupported address family {family}")));
         }
-        let nodelay = (family == libc::AF_INET || family == libc::AF_INET6)
-            && sock_type == libc::SOCK_STREAM
-            && (proto == 0 || proto == libc::IPPROTO_TCP);
+        let nodelay = wants_nodelay(family, sock_type, proto);
         Ok(Self {
             fd,
             event_loop: event_loop.cast::<LoopCore>()?.clone().unbind(),

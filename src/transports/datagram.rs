@@ -38,7 +38,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, MAX_READ};
 use super::sockaddr::{self, RawAddr};
 use super::syscalls::{os_error, Progress};
-use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
+use super::shared::{report_to_loop, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::event_loop::handles::{closed_error, in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
@@ -602,9 +602,8 @@ impl DatagramTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "pause_writing"), ()) {
-                Self::report_flow_control_error(slf, err, "protocol.pause_writing() failed", protocol.bind(py))?;
-            }
+            let event_loop = slf.get().loop_obj(py);
+            tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "pause_writing"), "protocol.pause_writing() failed")?;
         }
         Ok(())
     }
@@ -621,28 +620,10 @@ impl DatagramTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "resume_writing"), ()) {
-                Self::report_flow_control_error(slf, err, "protocol.resume_writing() failed", protocol.bind(py))?;
-            }
+            let event_loop = slf.get().loop_obj(py);
+            tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "resume_writing"), "protocol.resume_writing() failed")?;
         }
         Ok(())
-    }
-
-    fn report_flow_control_error(slf: &Bound<'_, Self>, err: PyErr, message: &str, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        Self::call_exception_handler(slf, message, err.into_value(py).bind(py).as_any(), Some(protocol))
-    }
-
-    fn call_exception_handler(
-        slf: &Bound<'_, Self>,
-        message: &str,
-        exc: &Bound<'_, PyAny>,
-        protocol: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        report_to_loop(slf.get().loop_obj(slf.py()), slf.as_any(), message, exc, protocol)
     }
 
     /// asyncio's `_fatal_error`: an OSError is only logged in debug mode,
@@ -660,7 +641,7 @@ impl DatagramTransport {
             }
         } else {
             let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
-            Self::call_exception_handler(slf, message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
+            report_to_loop(this.loop_obj(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
         }
         Self::force_close(slf, exc.into_any())
     }

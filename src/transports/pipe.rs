@@ -35,10 +35,10 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::read_bytes::with_read_scratch;
 use super::syscalls::os_error;
-use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
+use super::shared::{report_to_loop, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::event_loop::handles::{closed_error, in_context, Scheduled};
-use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
+use crate::event_loop::{copy_current_context, LoopCore};
 use crate::readiness::Poller;
 use crate::support::buffers::with_bytes;
 use crate::support::sync::lock;
@@ -1011,7 +1011,10 @@ impl WritePipeTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
-            Some(protocol) => Self::call_flow_control(slf, protocol.bind(py), "pause_writing", "protocol.pause_writing() failed"),
+            Some(protocol) => {
+                let event_loop = slf.get().event_loop.bind(py);
+                tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "pause_writing"), "protocol.pause_writing() failed")
+            }
             None => Ok(()),
         }
     }
@@ -1027,21 +1030,11 @@ impl WritePipeTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
-            Some(protocol) => Self::call_flow_control(slf, protocol.bind(py), "resume_writing", "protocol.resume_writing() failed"),
-            None => Ok(()),
-        }
-    }
-
-    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let name = pyo3::types::PyString::new(py, method);
-        match thread_exit::call_method(protocol, &name, ()) {
-            Ok(_) => Ok(()),
-            Err(err) if is_fatal(py, &err) => Err(err),
-            Err(err) => {
-                let exc = err.into_value(py).into_bound(py);
-                report_to_loop(slf.get().event_loop.bind(py), slf.as_any(), message, exc.as_any(), Some(protocol))
+            Some(protocol) => {
+                let event_loop = slf.get().event_loop.bind(py);
+                tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "resume_writing"), "protocol.resume_writing() failed")
             }
+            None => Ok(()),
         }
     }
 

@@ -5,9 +5,9 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
-use crate::event_loop::LoopCore;
+use crate::event_loop::{is_fatal, LoopCore};
 use crate::support::thread_exit;
 
 /// asyncio's default high-water mark for write buffers.
@@ -29,6 +29,25 @@ pub(crate) fn report_to_loop(
     context.set_item(intern!(py, "protocol"), protocol)?;
     thread_exit::call_method(event_loop, intern!(py, "call_exception_handler"), (context,))?;
     Ok(())
+}
+
+/// Flow control's call into the protocol (`pause_writing`,
+/// `resume_writing`): an error it raises goes to the exception handler with
+/// `message`, as asyncio reports it; KeyboardInterrupt and SystemExit
+/// propagate.
+pub(crate) fn tell_protocol(
+    event_loop: &Bound<'_, LoopCore>,
+    transport: &Bound<'_, PyAny>,
+    protocol: &Bound<'_, PyAny>,
+    method: &Bound<'_, PyString>,
+    message: &str,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    match thread_exit::call_method(protocol, method, ()) {
+        Ok(_) => Ok(()),
+        Err(err) if is_fatal(py, &err) => Err(err),
+        Err(err) => report_to_loop(event_loop, transport, message, err.into_value(py).bind(py).as_any(), Some(protocol)),
+    }
 }
 
 /// Water marks as `set_write_buffer_limits(high, low)` sets them: the sizes

@@ -28,7 +28,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
-use super::shared::{report_to_loop, water_marks, DEFAULT_HIGH_WATER};
+use super::shared::{report_to_loop, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
 use super::Attached;
 use crate::support::thread_exit;
 use crate::support::buffers::{with_bytes, with_writable_bytes};
@@ -495,9 +495,8 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "pause_writing"), ()) {
-                Self::report_flow_control_error(slf, err, "protocol.pause_writing() failed", protocol.bind(py))?;
-            }
+            let event_loop = slf.get().loop_obj(py);
+            tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "pause_writing"), "protocol.pause_writing() failed")?;
         }
         Ok(())
     }
@@ -513,33 +512,10 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         if let Some(protocol) = protocol {
-            if let Err(err) = thread_exit::call_method(protocol.bind(py), intern!(py, "resume_writing"), ()) {
-                Self::report_flow_control_error(slf, err, "protocol.resume_writing() failed", protocol.bind(py))?;
-            }
+            let event_loop = slf.get().loop_obj(py);
+            tell_protocol(event_loop, slf.as_any(), protocol.bind(py), intern!(py, "resume_writing"), "protocol.resume_writing() failed")?;
         }
         Ok(())
-    }
-
-    fn report_flow_control_error(
-        slf: &Bound<'_, Self>,
-        err: PyErr,
-        message: &str,
-        protocol: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        Self::call_exception_handler(slf, message, err.into_value(py).bind(py).as_any(), Some(protocol))
-    }
-
-    fn call_exception_handler(
-        slf: &Bound<'_, Self>,
-        message: &str,
-        exc: &Bound<'_, PyAny>,
-        protocol: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        report_to_loop(slf.get().loop_obj(slf.py()), slf.as_any(), message, exc, protocol)
     }
 
     /// asyncio's `_fatal_error`: OSErrors are expected (a peer going away) and
@@ -560,7 +536,7 @@ impl StreamTransport {
             }
         } else {
             let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));
-            Self::call_exception_handler(slf, message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
+            report_to_loop(this.loop_obj(py), slf.as_any(), message, &exc, protocol.as_ref().map(|p| p.bind(py)))?;
         }
         Self::force_close(slf, exc.into_any())
     }

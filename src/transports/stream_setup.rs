@@ -80,13 +80,53 @@ fn nodelay_for(py: Python<'_>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<(
         refs(py)?.set_nodelay.bind(py).call1((sock,))?;
         return Ok(());
     };
-    if (family == libc::AF_INET || family == libc::AF_INET6)
-        && sock_type == libc::SOCK_STREAM
-        && (proto == 0 || proto == libc::IPPROTO_TCP)
-    {
+    if wants_nodelay(family, sock_type, proto) {
         set_nodelay(fd);
     }
     Ok(())
+}
+
+/// A TCP stream socket: one TCP_NODELAY is set on. A user's
+/// `socket.socket()` has proto 0, which asyncio leaves out; uvloop does not.
+pub(crate) fn wants_nodelay(family: libc::c_int, sock_type: libc::c_int, proto: libc::c_int) -> bool {
+    (family == libc::AF_INET || family == libc::AF_INET6)
+        && sock_type == libc::SOCK_STREAM
+        && (proto == 0 || proto == libc::IPPROTO_TCP)
+}
+
+/// `sock.getsockname()` or `getpeername()`, None when the socket has none.
+fn name_or_none<'py>(sock: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    match sock.call_method0(method) {
+        Ok(name) => Ok(name),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => Ok(py.None().into_bound(py)),
+        Err(err) => Err(err),
+    }
+}
+
+/// asyncio's `_SelectorTransport` extra info, added to `info`: the socket
+/// (as a `TransportSocket`), its name, and its peer's unless `info` has it.
+fn add_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    info.set_item(intern!(py, "socket"), refs(py)?.transport_socket.bind(py).call1((sock,))?)?;
+    info.set_item(intern!(py, "sockname"), name_or_none(sock, intern!(py, "getsockname"))?)?;
+    if !info.contains(intern!(py, "peername"))? {
+        info.set_item(intern!(py, "peername"), name_or_none(sock, intern!(py, "getpeername"))?)?;
+    }
+    Ok(())
+}
+
+/// A copy of `extra` (or a new dict) with the socket's extra info: what the
+/// datagram transport is given, as asyncio's `_SelectorTransport` builds it.
+#[pyfunction]
+#[pyo3(signature = (sock, extra=None))]
+pub fn transport_extra<'py>(sock: &Bound<'py, PyAny>, extra: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyDict>> {
+    let info = match extra {
+        Some(extra) => extra.copy()?,
+        None => PyDict::new(sock.py()),
+    };
+    add_socket_info(&info, sock)?;
+    Ok(info)
 }
 
 /// How the caller knows the socket: a listener knows its connections are
@@ -97,15 +137,16 @@ pub(crate) struct Known {
 }
 
 /// asyncio's `_make_socket_transport(sock, protocol, waiter, extra=,
-/// server=)` for ferroloop's stream transport. `context` is the one its
-/// protocol callbacks run in (None: a copy of the current one).
+/// server=)` for ferroloop's stream transport. `extra` becomes the
+/// transport's own (the socket's info is added to it); `context` is the one
+/// its protocol callbacks run in (None: a copy of the current one).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_stream_transport<'py>(
     event_loop: &Bound<'py, LoopCore>,
     sock: &Bound<'py, PyAny>,
     protocol: &Bound<'py, PyAny>,
     waiter: Option<&Bound<'py, PyAny>>,
-    extra: Option<&Bound<'py, PyDict>>,
+    info: Bound<'py, PyDict>,
     server: Option<&Bound<'py, PyAny>>,
     context: Option<&Bound<'py, PyAny>>,
     known: Option<Known>,
@@ -138,25 +179,7 @@ pub(crate) fn make_stream_transport<'py>(
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    let info = match extra {
-        Some(extra) => extra.copy()?,
-        None => PyDict::new(py),
-    };
-    info.set_item(intern!(py, "socket"), refs.transport_socket.bind(py).call1((sock,))?)?;
-    let name = match sock.call_method0(intern!(py, "getsockname")) {
-        Ok(name) => name,
-        Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => py.None().into_bound(py),
-        Err(err) => return Err(err),
-    };
-    info.set_item(intern!(py, "sockname"), name)?;
-    if !info.contains(intern!(py, "peername"))? {
-        let peer = match sock.call_method0(intern!(py, "getpeername")) {
-            Ok(peer) => peer,
-            Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => py.None().into_bound(py),
-            Err(err) => return Err(err),
-        };
-        info.set_item(intern!(py, "peername"), peer)?;
-    }
+    add_socket_info(&info, sock)?;
     let context = match context {
         Some(context) => context.clone().unbind(),
         None => copy_current_context(py)?,
@@ -194,5 +217,9 @@ pub fn make_socket_transport<'py>(
     server: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, StreamTransport>> {
     let event_loop = event_loop.cast::<LoopCore>()?;
-    make_stream_transport(event_loop, sock, protocol, waiter, extra, server, None, None)
+    let info = match extra {
+        Some(extra) => extra.copy()?,
+        None => PyDict::new(sock.py()),
+    };
+    make_stream_transport(event_loop, sock, protocol, waiter, info, server, None, None)
 }
