@@ -1106,6 +1106,18 @@ async def first_connection(loop: asyncio.AbstractEventLoop, address: tuple[str, 
     sock.close()
 
 
+async def idle_clients(loop: asyncio.AbstractEventLoop, address: Any, n: int) -> list[socket.socket]:
+    """`n` connections to `address` with small receive buffers, never read."""
+    socks = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        socks.append(sock)
+    return socks
+
+
 @child
 def slow_consumers(loop_name: str, clients: str) -> dict[str, Any]:
     raise_nofile()
@@ -1143,13 +1155,7 @@ def slow_consumers(loop_name: str, clients: str) -> dict[str, Any]:
         writers.clear()
         gc.collect()
         baseline = rss()
-        socks = []
-        for _ in range(n):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-            socks.append(sock)  # never read
+        socks = await idle_clients(loop, address, n)
         stuck = await settle(lambda: len(writers) == n and all(w.paused or w.sent >= each for w in writers))
         await asyncio.sleep(0.3)
         gc.collect()
@@ -1199,13 +1205,7 @@ def shared_payload(loop_name: str, clients: str) -> dict[str, Any]:
         transports.clear()
         gc.collect()
         baseline = rss()
-        socks = []
-        for _ in range(n):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-            socks.append(sock)  # never read
+        socks = await idle_clients(loop, address, n)
         settled = await settle(lambda: len(transports) == n)
         await asyncio.sleep(0.3)
         gc.collect()
