@@ -27,24 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core import markdown_table, parse_callgrind_total  # noqa: E402
+from worker import new_loop  # noqa: E402  # the loop asked for, checked
 
 LOOPS = ("asyncio", "uvloop", "ferroloop")
 ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 
 # An operation: set up once on the running loop, then one call per op.
 Setup = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
-
-
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    if name == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def worker(loop_name: str, n: int, setup: Setup, warmup: int) -> None:

@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from worker import new_loop  # noqa: E402  # the loop asked for, checked
+
 LOOPS = ("asyncio", "uvloop", "ferroloop")
 LOADS = ("pingpong", "flood")
 BASELINE = "uvloop"
@@ -59,22 +62,6 @@ WORKER_TIMEOUT_S = 900
 
 
 # --- the worker -----------------------------------------------------------
-
-
-def new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "asyncio":
-        loop = asyncio.new_event_loop()
-    elif name == "uvloop":
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        import ferroloop
-
-        loop = ferroloop.new_event_loop()
-    if not type(loop).__module__.startswith({"asyncio": "asyncio.", "uvloop": "uvloop", "ferroloop": "ferroloop"}[name]):
-        raise RuntimeError(f"asked for {name}, got {type(loop)!r}")
-    return loop
 
 
 async def pingpong(warmup: int, n: int) -> tuple[float, float]:
@@ -196,19 +183,7 @@ def worker(loop_name: str, load: str, n: int) -> int:
 
 # --- the driver -----------------------------------------------------------
 
-sys.path.insert(0, str(HERE.parent))
-from core import csv_choice, log, markdown_table, parse_callgrind_total  # noqa: E402
-
-
-def probe_loop(loop: str) -> str | None:
-    """The loop package's version if it makes a loop here (from the working
-    tree too, unlike core.py's probe, which asks the installed metadata)."""
-    code = f"import {loop}; {loop}.new_event_loop().close(); print(getattr({loop}, '__version__', 'stdlib'))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        log(f"skipping {loop}: " + (proc.stderr.strip().splitlines() or ["cannot make its loop"])[-1])
-        return None
-    return proc.stdout.strip()
+from core import csv_choice, log, markdown_table, parse_callgrind_total, probe_loop  # noqa: E402
 
 
 def run_worker(loop: str, load: str, n: int, prefix: Sequence[str] = ()) -> dict[str, Any]:
