@@ -5,8 +5,9 @@ Every test runs on both loops and asserts the same observable results, so a
 pass on both proves ferroloop's transports behave as asyncio's do. The tests
 only use what a protocol or a stream user can see (callbacks, their order and
 arguments, return values, exception types and messages, bytes on the wire),
-never a transport's private attributes, so they hold for asyncio's selector
-transport and for a native one alike.
+so they hold for asyncio's selector transport and for a native one alike; the
+private attributes they read are the ones code written against asyncio reads
+too (``transport._paused``, ``loop._closed``).
 """
 
 from __future__ import annotations
@@ -669,6 +670,27 @@ def test_is_reading_false_after_close(run, family, sockdir):
         await pair.aclose()
 
     run(main)
+
+
+def test_private_paused_follows_pause_reading(run, family, sockdir):
+    async def main():
+        pair = await open_pair(family, sockdir)
+        tr = pair.server_tr
+        assert tr._paused is False
+        tr.pause_reading()
+        assert tr._paused is True
+        tr.resume_reading()
+        assert tr._paused is False
+        await pair.aclose()
+
+    run(main)
+
+
+def test_private_closed_follows_close(loop_name):
+    loop = LOOP_FACTORIES[loop_name]()
+    assert loop._closed is False
+    loop.close()
+    assert loop._closed is True
 
 
 # -- writing flow control -----------------------------------------------------------

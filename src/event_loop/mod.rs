@@ -450,6 +450,12 @@ impl LoopCore {
         self.clock_resolution
     }
 
+    /// `BaseEventLoop._closed`, which code written against asyncio reads.
+    #[getter(_closed)]
+    fn closed_attribute(&self) -> bool {
+        self.is_closed()
+    }
+
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon(
         slf: &Bound<'_, Self>,

@@ -951,6 +951,12 @@ impl StreamTransport {
         self.is_closing()
     }
 
+    /// asyncio's `_paused`: reading paused by `pause_reading()`.
+    #[getter]
+    fn _paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
     #[getter]
     fn _protocol_paused(&self) -> bool {
         lock(&self.state).protocol_paused

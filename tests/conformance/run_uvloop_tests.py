@@ -125,9 +125,6 @@ TEST_DEPS = {"psutil": "psutil", "OpenSSL": "pyOpenSSL"}
 # passes fails the run, so that the list stays true.
 KNOWN: dict[str, str] = {
     # -- uvloop-only API --------------------------------------------------
-    "test_base.TestBaseUV.test_close":
-        "uvloop-only API: reads the private attribute loop._closed (uvloop's and "
-        "BaseEventLoop's); ferroloop has is_closed() only",
     "test_base.TestBaseUV.test_default_exc_handler_broken":
         "uvloop-only API: subclasses uvloop.Loop (class Loop(uvloop.Loop)), so the "
         "test builds and runs a uvloop loop, not ferroloop",
@@ -151,10 +148,6 @@ KNOWN: dict[str, str] = {
         "uvloop-only API: tests uvloop's PseudoSocket (its repr naming AF_UNIX, its "
         "'does not support X() method' errors); get_extra_info('socket') is "
         "asyncio's TransportSocket on ferroloop, as on asyncio",
-    "test_tcp.Test_UV_TCP.test_transport_get_extra_info":
-        "uvloop-only API: reads the private transport attribute _paused (uvloop's "
-        "and asyncio's transports have it); ferroloop's native StreamTransport has "
-        "is_reading() only",
     "test_tcp.Test_UV_TCPSSL.test_flush_before_shutdown":
         "uvloop-only API: get_extra_info('uvloop.sslproto') (None on ferroloop), "
         "then calls its pause_writing()",
