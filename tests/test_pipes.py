@@ -5,6 +5,7 @@ on both loops and must give the same observations."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import logging
@@ -489,3 +490,31 @@ def test_a_write_that_must_wait_on_a_closed_loop_raises_asyncios_error() -> None
         transport._pipe = None
         os.close(r)
     assert outcomes == {"asyncio": "Event loop is closed", "ferroloop": "Event loop is closed"}
+
+
+def test_a_collection_while_a_pipe_transport_is_being_made_does_not_crash() -> None:
+    # A collection at every allocation, and no free dicts for the
+    # transport's instance __dict__ to reuse: a collection comes while that
+    # dict is made, before the transport's fields are set.
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        made = 0
+        for _ in range(50):
+            read_fd, write_fd = os.pipe()
+            with open(read_fd, "rb", buffering=0) as reader, open(write_fd, "wb", buffering=0) as writer:
+                free_dicts_taken = [{} for _ in range(200)]
+                read_tr, _ = await loop.connect_read_pipe(asyncio.Protocol, reader)
+                write_tr, _ = await loop.connect_write_pipe(asyncio.Protocol, writer)
+                del free_dicts_taken
+                made += 2
+                write_tr.close()
+                read_tr.close()
+                await asyncio.sleep(0)
+        return made
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        assert run_with_loop(ferroloop.new_event_loop, main()) == 100
+    finally:
+        gc.set_threshold(*thresholds)

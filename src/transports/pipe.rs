@@ -344,6 +344,9 @@ struct ReadState {
 
 #[pyclass(module = "ferroloop._native", frozen, weakref, dict)]
 pub struct ReadPipeTransport {
+    /// True in every constructed transport; false in the zeroed memory the
+    /// garbage collector can visit while the object is still being made.
+    constructed: bool,
     fd: RawFd,
     event_loop: Py<LoopCore>,
     extra: Py<PyDict>,
@@ -544,7 +547,7 @@ impl ReadPipeTransport {
             queued: false,
             registered: false,
         };
-        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context: copy_current_context(py)?, state: Mutex::new(state) })
+        Ok(Self { constructed: true, fd, event_loop, extra: extra.clone().unbind(), context: copy_current_context(py)?, state: Mutex::new(state) })
     }
 
     #[classattr]
@@ -750,6 +753,13 @@ impl ReadPipeTransport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // With an instance __dict__, the base tp_new allocates the dict after
+        // the object is tracked and before its fields are written; a
+        // collection in between visits zeroed memory, which holds no
+        // references yet.
+        if !self.constructed {
+            return Ok(());
+        }
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
         visit.call(&self.context)?;
@@ -812,6 +822,9 @@ struct WriteState {
 
 #[pyclass(module = "ferroloop._native", frozen, weakref, dict)]
 pub struct WritePipeTransport {
+    /// True in every constructed transport; false in the zeroed memory the
+    /// garbage collector can visit while the object is still being made.
+    constructed: bool,
     fd: RawFd,
     event_loop: Py<LoopCore>,
     extra: Py<PyDict>,
@@ -1079,7 +1092,7 @@ impl WritePipeTransport {
             protocol_paused: false,
             writer_context: None,
         };
-        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context: copy_current_context(py)?, state: Mutex::new(state) })
+        Ok(Self { constructed: true, fd, event_loop, extra: extra.clone().unbind(), context: copy_current_context(py)?, state: Mutex::new(state) })
     }
 
     /// Scheduled after `connection_made` for sockets and FIFOs: asyncio
@@ -1366,6 +1379,13 @@ impl WritePipeTransport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // With an instance __dict__, the base tp_new allocates the dict after
+        // the object is tracked and before its fields are written; a
+        // collection in between visits zeroed memory, which holds no
+        // references yet.
+        if !self.constructed {
+            return Ok(());
+        }
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
         visit.call(&self.context)?;
