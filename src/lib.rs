@@ -2,6 +2,8 @@
 
 mod diagnostics;
 mod event_loop;
+#[cfg(target_os = "linux")]
+mod process;
 mod readiness;
 mod server;
 mod sock_calls;
@@ -26,6 +28,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::transport_extra, m)?)?;
+    #[cfg(target_os = "linux")]
+    m.add_function(wrap_pyfunction!(process::spawn::spawn_child, m)?)?;
     for (name, descriptor) in event_loop::fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

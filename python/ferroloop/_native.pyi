@@ -385,6 +385,25 @@ def make_socket_transport(
     connected socket, with ``connection_made``, the first read and the
     waiter scheduled as asyncio schedules them."""
 
+def spawn_child(
+    args: list[Any],
+    shell: bool,
+    executable: Any,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    close_fds: bool,
+    cwd: Any,
+    env: Any,
+    restore_signals: bool,
+    start_new_session: bool,
+    process_group: int,
+) -> Optional[tuple[int, int, int, int]]:
+    """Linux only. Starts ``args`` as ``subprocess.Popen`` with these options
+    would (``posix_spawn``) and returns ``(pid, stdin, stdout, stderr)``, the
+    parent's ends of the pipes asked for (-1 for none); None, with nothing
+    started, for what only ``Popen`` can do."""
+
 class ReadPipeTransport:
     """asyncio's Unix read pipe transport, in Rust.
     ``isinstance(t, asyncio.ReadTransport)`` holds through ``__class__``."""

@@ -1,7 +1,8 @@
 """Subprocesses: asyncio's subprocess transport (``_UnixSubprocessTransport``
-on ``base_subprocess.BaseSubprocessTransport``, ``subprocess.Popen`` to
-spawn) over the native pipe transports, with the child's exit learnt from a
-pidfd in the loop's own poller: no thread per child.
+on ``base_subprocess.BaseSubprocessTransport``) over the native pipe
+transports, the child started natively (``_spawn``, else by
+``subprocess.Popen``), and its exit learnt from a pidfd in the loop's own
+poller: no thread per child.
 
 asyncio (before 3.14) asks the policy's child watcher; a watcher a program
 set on the policy is honoured the same way, unless it is of a kind the
@@ -25,6 +26,8 @@ import warnings
 from asyncio import events, unix_events
 from asyncio.log import logger
 from typing import Any, Callable, Optional
+
+from . import _spawn
 
 
 def _pidfd_works() -> bool:
@@ -172,6 +175,17 @@ def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], No
     thread.start()
 
 
+class SubprocessTransport(unix_events._UnixSubprocessTransport):  # type: ignore[name-defined,misc]
+    """asyncio's transport, with the child started natively where it can be."""
+
+    def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize: int, **kwargs: Any) -> None:
+        popen = _spawn.start(args, shell, stdin, stdout, stderr, kwargs)
+        if popen is None:
+            super()._start(args, shell, stdin, stdout, stderr, bufsize, **kwargs)
+        else:
+            self._proc = popen
+
+
 async def make_subprocess_transport(
     loop: Any,
     protocol: Any,
@@ -187,7 +201,7 @@ async def make_subprocess_transport(
     """asyncio's ``_make_subprocess_transport`` with the loop's own child
     watching."""
     waiter = loop.create_future()
-    transport = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
+    transport = SubprocessTransport(
         loop, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
     )
     watch_child(loop, transport, loop._child_watcher_callback)
