@@ -29,7 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::transport_extra, m)?)?;
     #[cfg(target_os = "linux")]
-    m.add_function(wrap_pyfunction!(process::spawn::spawn_child, m)?)?;
+    m.add_function(wrap_pyfunction!(process::popen::spawn_popen, m)?)?;
     for (name, descriptor) in event_loop::fast_calls::descriptors(m.py())? {
         m.add(format!("_{name}_fastcall"), descriptor)?;
     }

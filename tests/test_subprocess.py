@@ -1,7 +1,8 @@
 """Subprocesses on ferroloop: asyncio's subprocess transport over the
 native pipe transports, with the child's exit from a pidfd in the poller
-(or, forced here with ferroloop._process.PIDFD_AVAILABLE = False, a thread
-per child as asyncio's ThreadedChildWatcher)."""
+(or, forced here with ferroloop._process.PIDFD_AVAILABLE = False, from
+SIGCHLD through the loop's signal handling, or, with SIGCHLD_WATCHING = False
+too, a thread per child as asyncio's ThreadedChildWatcher)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 }
 
 
-@pytest.fixture(params=["pidfd", "thread"])
+@pytest.fixture(params=["pidfd", "sigchld", "thread"])
 def child_watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "pidfd" and not _process.PIDFD_AVAILABLE:
         pytest.skip("this kernel has no pidfd_open")
     monkeypatch.setattr(_process, "PIDFD_AVAILABLE", request.param == "pidfd")
+    monkeypatch.setattr(_process, "SIGCHLD_WATCHING", request.param == "sigchld")
     yield request.param
+    # Watching by SIGCHLD hands the signal back when the loop is closed.
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
 
 
 def waiter_threads() -> int:
@@ -64,10 +68,10 @@ def test_200_concurrent_children_echo_their_payloads(child_watching: str) -> Non
 
     results, threads_seen = run_with_loop(ferroloop.new_event_loop, main())
     assert results == [(True, 0)] * 200
-    if child_watching == "pidfd":
-        assert threads_seen == 0
-    else:
+    if child_watching == "thread":
         assert threads_seen > 0
+    else:
+        assert threads_seen == 0
 
 
 def test_kill_under_load_gives_negative_returncodes(child_watching: str) -> None:

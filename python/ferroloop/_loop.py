@@ -107,6 +107,11 @@ def _run_until_complete_cb(fut: futures.Future[Any]) -> None:
     futures._get_loop(fut).stop()  # type: ignore[attr-defined]  # private asyncio helper, stable since 3.7
 
 
+# signal.valid_signals() builds a set of Signals enums at each call (some
+# 1,500 lines of enum code); the set itself never changes.
+_VALID_SIGNALS = frozenset(signal.valid_signals())
+
+
 def _sighandler_noop(signum: int, frame: Any) -> None:
     """Installed for signals handled by the loop: the C-level handler writes
     the signal number to the wakeup fd, which is all the loop needs."""
@@ -703,7 +708,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
     def _check_signal(self, sig: int) -> None:
         if not isinstance(sig, int):
             raise TypeError(f"sig must be an int, not {sig!r}")
-        if sig not in signal.valid_signals():
+        if sig not in _VALID_SIGNALS:
             raise ValueError(f"invalid signal number {sig}")
 
     def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:

@@ -2,6 +2,7 @@
 
 import contextvars
 import socket
+import subprocess
 import sys
 from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
 from asyncio import BaseProtocol
@@ -385,23 +386,19 @@ def make_socket_transport(
     connected socket, with ``connection_made``, the first read and the
     waiter scheduled as asyncio schedules them."""
 
-def spawn_child(
-    args: list[Any],
+def spawn_popen(
+    popen_type: type[subprocess.Popen[bytes]],
+    args: Any,
     shell: bool,
-    executable: Any,
     stdin: Any,
     stdout: Any,
     stderr: Any,
-    close_fds: bool,
-    cwd: Any,
-    env: Any,
-    restore_signals: bool,
-    start_new_session: bool,
-    process_group: int,
-) -> Optional[tuple[int, int, int, int]]:
-    """Linux only. Starts ``args`` as ``subprocess.Popen`` with these options
-    would (``posix_spawn``) and returns ``(pid, stdin, stdout, stderr)``, the
-    parent's ends of the pipes asked for (-1 for none); None, with nothing
+    kwargs: Optional[dict[str, Any]] = None,
+) -> Optional[subprocess.Popen[bytes]]:
+    """Linux only. ``subprocess.Popen(args, shell=shell, stdin=stdin,
+    stdout=stdout, stderr=stderr, bufsize=0, universal_newlines=False,
+    **kwargs)`` with the child started by ``posix_spawn``: a ``popen_type``
+    in the state ``Popen.__init__`` leaves one in; None, with nothing
     started, for what only ``Popen`` can do."""
 
 class ReadPipeTransport:

@@ -11,8 +11,10 @@ which the loop's own watching replaces. Without one,
 the loop watches the child itself: ``os.pidfd_open`` (Linux 5.3+) gives an
 fd that becomes readable when the child exits, and the exit status is then
 collected with ``os.waitpid(pid, WNOHANG)``. Where pidfds are unavailable
-(older kernels, seccomp), a thread per child waits for it, as asyncio's
-``ThreadedChildWatcher`` does.
+(older kernels, seccomp), a loop running on the main thread learns of exits
+from SIGCHLD through its own signal handling, as asyncio's
+``SafeChildWatcher`` did, while no one else handles that signal; otherwise a
+thread per child waits for it, as asyncio's ``ThreadedChildWatcher`` does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -47,8 +50,9 @@ def _pidfd_works() -> bool:
 # from the watcher's thread, which runs in a context of its own, empty.
 _EXIT_IN_CALLERS_CONTEXT = sys.version_info >= (3, 12)
 
-# Tests set this to False to take the thread path.
+# Tests set these to False to take the SIGCHLD or the thread path.
 PIDFD_AVAILABLE = _pidfd_works()
+SIGCHLD_WATCHING = hasattr(signal, "SIGCHLD")
 
 # The child-watcher API exists until 3.14.
 _HAS_CHILD_WATCHERS = sys.version_info < (3, 14) and hasattr(events, "get_child_watcher")
@@ -157,6 +161,69 @@ def _exit_from_loop_thread(loop: Any, pid: int, returncode: int, transport: Any)
         loop.call_soon(loop.call_soon, transport._process_exited, returncode)
 
 
+class SigchldWatch:
+    """The children of one loop, checked with ``os.waitpid(pid, WNOHANG)``
+    each time SIGCHLD arrives, through the loop's ``add_signal_handler``
+    from the first child on until the loop is closed (as asyncio's
+    ``SafeChildWatcher`` kept it while attached)."""
+
+    __slots__ = ("_loop", "_children", "__weakref__")
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        # pid -> (transport, the context its exit is reported in)
+        self._children: dict[int, tuple[Any, contextvars.Context]] = {}
+
+    @staticmethod
+    def usable(loop: Any) -> bool:
+        """The loop runs signal handlers (main thread) and SIGCHLD is free:
+        neither a ``signal.signal`` handler nor another loop handler has it."""
+        if not SIGCHLD_WATCHING or threading.current_thread() is not threading.main_thread():
+            return False
+        watch = getattr(loop, "_child_sigchld_watch", None)
+        if watch is not None and watch._installed():
+            return True
+        return signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None) and signal.SIGCHLD not in loop._signal_handlers
+
+    @classmethod
+    def of(cls, loop: Any) -> "SigchldWatch":
+        watch = getattr(loop, "_child_sigchld_watch", None)
+        if watch is None:
+            watch = loop._child_sigchld_watch = cls(loop)
+        return watch
+
+    def add(self, pid: int, transport: Any) -> None:
+        context = contextvars.copy_context() if _EXIT_IN_CALLERS_CONTEXT else contextvars.Context()
+        if not self._installed():
+            self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self._children[pid] = (transport, context)
+        # It may have exited before the handler was in place.
+        self._reap()
+
+    def _reap(self) -> None:
+        for pid in list(self._children):
+            try:
+                waited, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                popen = getattr(self._children[pid][0], "_proc", None)
+                returncode = getattr(popen, "returncode", None)
+                if returncode is None:
+                    logger.warning("Unknown child process pid %d, will report returncode 255", pid)
+                    returncode = 255
+            else:
+                if waited == 0:
+                    continue
+                returncode = _exit_code(status)
+                if self._loop.get_debug():
+                    logger.debug("process %s exited with returncode %s", pid, returncode)
+            transport, context = self._children.pop(pid)
+            context.run(_exit_from_loop_thread, self._loop, pid, returncode, transport)
+
+    def _installed(self) -> bool:
+        handle = self._loop._signal_handlers.get(signal.SIGCHLD)
+        return handle is not None and handle._callback == self._reap
+
+
 def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], None]) -> None:
     """Calls ``on_exit(pid, returncode, transport)`` on the loop's thread
     once the child has exited."""
@@ -169,6 +236,9 @@ def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], No
         else:
             PidfdWatch(loop, pid, pidfd, transport, functools.partial(_exit_from_loop_thread, loop))
             return
+    if SigchldWatch.usable(loop):
+        SigchldWatch.of(loop).add(pid, transport)
+        return
     thread = threading.Thread(
         target=_wait_in_thread, name=f"asyncio-waitpid-{pid}", args=(loop, pid, transport, on_exit), daemon=True
     )

@@ -7,8 +7,9 @@
 //! memory (`CLONE_VM | CLONE_VFORK`) and reports the exec's errno itself, so
 //! no error pipe and no work between fork and exec is done here. The options
 //! that need code in the child beyond what `posix_spawn` offers (`preexec_fn`,
-//! `user`, `group`, `umask`, `pass_fds`, ...) are not taken: the caller then
-//! uses `subprocess.Popen`, as `spawn_child` returning `None` tells it to.
+//! `user`, `group`, `umask`, `pass_fds`, ...) are not taken (`popen.rs`
+//! sorts them out): the caller then uses `subprocess.Popen`, as
+//! `spawn_child` returning `None` tells it to.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
@@ -19,7 +20,7 @@ use libc::{c_char, c_int, pid_t};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
 // subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL.
 const PIPE: i64 = -1;
@@ -314,30 +315,37 @@ fn chdir_error(cwd: &CString) -> Option<c_int> {
     None
 }
 
-/// Starts `args` as `subprocess.Popen(args, shell=shell, executable=...,
-/// stdin=..., stdout=..., stderr=..., close_fds=..., cwd=..., env=...,
-/// restore_signals=..., start_new_session=..., process_group=...)` would,
-/// and returns `(pid, stdin, stdout, stderr)`: the parent's ends of the
-/// pipes asked for (-1 for none). Returns None, having started nothing, for
-/// what only `Popen` can do; the caller then uses it.
-#[pyfunction]
-#[pyo3(signature = (args, shell, executable, stdin, stdout, stderr, close_fds, cwd, env, restore_signals, start_new_session, process_group))]
-#[allow(clippy::too_many_arguments)]
+/// The options of one spawn, as `subprocess.Popen` takes them.
+pub struct SpawnOptions<'py> {
+    pub shell: bool,
+    pub executable: Option<Bound<'py, PyAny>>,
+    pub close_fds: bool,
+    pub cwd: Option<Bound<'py, PyAny>>,
+    pub env: Option<Bound<'py, PyAny>>,
+    pub restore_signals: bool,
+    pub start_new_session: bool,
+    pub process_group: i64,
+}
+
+/// The child started, and the parent's ends of the pipes asked for (-1 for
+/// none), for stdin, stdout and stderr.
+pub struct Spawned {
+    pub pid: pid_t,
+    pub pipes: [RawFd; 3],
+}
+
+/// Starts `args` as `subprocess.Popen(args, stdin=..., stdout=...,
+/// stderr=..., **options)` would. Returns None, having started nothing,
+/// for what only `Popen` can do; the caller then uses it.
 pub fn spawn_child<'py>(
     py: Python<'py>,
     args: &Bound<'py, PyList>,
-    shell: bool,
-    executable: Option<Bound<'py, PyAny>>,
     stdin: &Bound<'py, PyAny>,
     stdout: &Bound<'py, PyAny>,
     stderr: &Bound<'py, PyAny>,
-    close_fds: bool,
-    cwd: Option<Bound<'py, PyAny>>,
-    env: Option<Bound<'py, PyAny>>,
-    restore_signals: bool,
-    start_new_session: bool,
-    process_group: i64,
-) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    options: SpawnOptions<'py>,
+) -> PyResult<Option<Spawned>> {
+    let SpawnOptions { shell, executable, close_fds, cwd, env, restore_signals, start_new_session, process_group } = options;
     let ext = extensions();
     if args.is_empty() || (close_fds && ext.add_close_from.is_none()) || (cwd.is_some() && ext.add_chdir.is_none()) {
         return Ok(None);
@@ -508,5 +516,5 @@ pub fn spawn_child<'py>(
         }
     }
     drop(fds); // the child's ends and /dev/null
-    Ok(Some(PyTuple::new(py, [pid, parent_ends[0], parent_ends[1], parent_ends[2]])?))
+    Ok(Some(Spawned { pid, pipes: parent_ends }))
 }
