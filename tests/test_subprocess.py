@@ -192,6 +192,38 @@ def test_protocol_callbacks_come_in_asyncios_order(child_watching: str) -> None:
     assert body.index(("data", 1)) < body.index(("pipe_lost", 1, None))
 
 
+@pytest.mark.parametrize("stdout", [None, subprocess.PIPE], ids=["no-pipes", "stdout-pipe"])
+def test_set_up_takes_asyncios_iterations(stdout: Any) -> None:
+    """connection_made, and subprocess_exec's return, come as many loop
+    iterations after the call as on asyncio, with and without pipes."""
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        ticks = [0]
+        seen: list[Any] = []
+
+        def tick() -> None:
+            ticks[0] += 1
+            if len(seen) < 2:
+                loop.call_soon(tick)
+
+        class Made(asyncio.SubprocessProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                seen.append(("made", ticks[0]))
+
+        loop.call_soon(tick)
+        transport, _ = await loop.subprocess_exec(Made, "sleep", "5", stdin=None, stdout=stdout, stderr=None)
+        seen.append(("returned", ticks[0]))
+        transport.kill()
+        await transport._wait()  # type: ignore[attr-defined]
+        transport.close()
+        return seen
+
+    results = {name: run_with_loop(factory, main()) for name, factory in LOOPS.items()}
+    assert results["ferroloop"] == results["asyncio"]
+    assert [event for event, _ in results["asyncio"]] == ["made", "returned"]
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers are gone in 3.14")
 def test_a_child_watcher_set_on_the_policy_is_honoured() -> None:
     with warnings.catch_warnings():

@@ -393,11 +393,6 @@ class NetworkMethods:
         removed: bool = self._remove_writer(fd)  # type: ignore[misc]  # a Loop is a LoopCore
         return removed
 
-    @property
-    def _debug(self) -> bool:
-        debug: bool = self.get_debug()  # type: ignore[attr-defined]  # a Loop's
-        return debug
-
     def _make_socket_transport(
         self,
         sock: socket.socket,

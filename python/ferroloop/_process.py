@@ -19,10 +19,11 @@ thread per child waits for it, as asyncio's ``ThreadedChildWatcher`` does.
 
 from __future__ import annotations
 
+import collections
 import contextvars
-import functools
 import os
 import signal
+import subprocess
 import sys
 import threading
 import warnings
@@ -55,7 +56,9 @@ PIDFD_AVAILABLE = _pidfd_works()
 SIGCHLD_WATCHING = hasattr(signal, "SIGCHLD")
 
 # The child-watcher API exists until 3.14.
-_HAS_CHILD_WATCHERS = sys.version_info < (3, 14) and hasattr(events, "get_child_watcher")
+_HAS_CHILD_WATCHERS = (
+    sys.version_info < (3, 14) and hasattr(events, "get_child_watcher") and hasattr(events, "_event_loop_policy")
+)
 
 
 def policy_child_watcher() -> Optional[Any]:
@@ -63,84 +66,90 @@ def policy_child_watcher() -> Optional[Any]:
     asked the policy for one, which makes it), else None."""
     if not _HAS_CHILD_WATCHERS:
         return None
-    policy = events.get_event_loop_policy()
-    default_policy = getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
-    overridden = default_policy is not None and getattr(type(policy), "get_child_watcher", None) is not getattr(
-        default_policy, "get_child_watcher", None
-    )
-    if overridden or (default_policy is not None and not isinstance(policy, default_policy)):
+    # Read without making one: a policy not made yet has no watcher.
+    policy = events._event_loop_policy  # type: ignore[attr-defined]  # private, since 3.4
+    if policy is None:
+        return None
+    if (
+        _DEFAULT_POLICY is None
+        or getattr(type(policy), "get_child_watcher", None) is not _DEFAULT_GET_CHILD_WATCHER
+        or not isinstance(policy, _DEFAULT_POLICY)
+    ):
+        # A policy of the program's own asks its own watcher.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return events.get_child_watcher()
     watcher = getattr(policy, "_watcher", None)
     # The kinds asyncio's policy makes by itself, the first time anything
     # asks for a watcher: the loop's own watching does what they do.
-    if type(watcher) in _SELF_MADE_WATCHERS:
+    if watcher is None or type(watcher) in _SELF_MADE_WATCHERS:
         return None
     return watcher
 
 
+_DEFAULT_POLICY: Optional[type] = getattr(unix_events, "_UnixDefaultEventLoopPolicy", None)
+_DEFAULT_GET_CHILD_WATCHER = getattr(_DEFAULT_POLICY, "get_child_watcher", None)
 _SELF_MADE_WATCHERS = tuple(
     kind for kind in (getattr(unix_events, "ThreadedChildWatcher", None), getattr(unix_events, "PidfdChildWatcher", None)) if kind
 )
 
 
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
-
-
 class PidfdWatch:
     """Waits for one child through a pidfd in the loop's poller."""
 
-    __slots__ = ("_loop", "_pid", "_pidfd", "_transport", "_on_exit")
+    __slots__ = ("_loop", "_pid", "_pidfd", "_transport")
 
-    def __init__(self, loop: Any, pid: int, pidfd: int, transport: Any, on_exit: Callable[[int, int, Any], None]) -> None:
+    def __init__(self, loop: Any, pid: int, pidfd: int, transport: Any) -> None:
         self._loop = loop
         self._pid = pid
         self._pidfd = pidfd
         self._transport = transport
-        self._on_exit = on_exit
         if _EXIT_IN_CALLERS_CONTEXT:
             loop._add_reader(pidfd, self._exited)
         else:
             contextvars.Context().run(loop._add_reader, pidfd, self._exited)
 
     def _exited(self) -> None:
+        loop = self._loop
         try:
             pid, status = os.waitpid(self._pid, os.WNOHANG)
         except ChildProcessError:
-            # Someone else reaped it: Popen does, when poll(), wait() or
-            # send_signal() runs after the exit; it knows the status then.
-            popen = getattr(self._transport, "_proc", None)
-            returncode = getattr(popen, "returncode", None)
-            if returncode is None:
-                logger.warning(
-                    "child process pid %d exit status already read: will report returncode 255", self._pid
-                )
-                returncode = 255
+            returncode = _status_read_elsewhere(self._pid, self._transport, _READ_ELSEWHERE_PIDFD)
         else:
             if pid == 0:
                 return  # not exited yet: the pidfd stays watched
-            returncode = _exit_code(status)
-            if self._loop.get_debug():
-                logger.debug("process %s exited with returncode %s", self._pid, returncode)
-        self._loop._remove_reader(self._pidfd)
+            returncode = os.waitstatus_to_exitcode(status)
+            if loop.get_debug():
+                logger.debug("process %s exited with returncode %s", pid, returncode)
+        loop._remove_reader(self._pidfd)
         os.close(self._pidfd)
-        self._on_exit(self._pid, returncode, self._transport)
+        _exit_from_loop_thread(loop, self._pid, returncode, self._transport)
         self._transport = None
+
+
+# asyncio's warnings for a status read by someone else: its pidfd watcher's,
+# and its other watchers'.
+_READ_ELSEWHERE_PIDFD = "child process pid %d exit status already read: will report returncode 255"
+_READ_ELSEWHERE = "Unknown child process pid %d, will report returncode 255"
+
+
+def _status_read_elsewhere(pid: int, transport: Any, warning: str = _READ_ELSEWHERE) -> int:
+    """The returncode of a child someone else reaped: Popen does, when
+    poll(), wait() or send_signal() runs after the exit, and keeps it."""
+    returncode: Optional[int] = getattr(getattr(transport, "_proc", None), "returncode", None)
+    if returncode is None:
+        logger.warning(warning, pid)
+        return 255
+    return returncode
 
 
 def _wait_in_thread(loop: Any, pid: int, transport: Any, on_exit: Callable[[int, int, Any], None]) -> None:
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        popen = getattr(transport, "_proc", None)
-        returncode = getattr(popen, "returncode", None)
-        if returncode is None:
-            logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-            returncode = 255
+        returncode = _status_read_elsewhere(pid, transport)
     else:
-        returncode = _exit_code(status)
+        returncode = os.waitstatus_to_exitcode(status)
         if loop.get_debug():
             logger.debug("process %s exited with returncode %s", pid, returncode)
     if loop.is_closed():
@@ -167,77 +176,79 @@ class SigchldWatch:
     from the first child on until the loop is closed (as asyncio's
     ``SafeChildWatcher`` kept it while attached)."""
 
-    __slots__ = ("_loop", "_children", "__weakref__")
+    __slots__ = ("_loop", "_children", "_reaper", "__weakref__")
 
     def __init__(self, loop: Any) -> None:
         self._loop = loop
         # pid -> (transport, the context its exit is reported in)
         self._children: dict[int, tuple[Any, contextvars.Context]] = {}
-
-    @staticmethod
-    def usable(loop: Any) -> bool:
-        """The loop runs signal handlers (main thread) and SIGCHLD is free:
-        neither a ``signal.signal`` handler nor another loop handler has it."""
-        if not SIGCHLD_WATCHING or threading.current_thread() is not threading.main_thread():
-            return False
-        watch = getattr(loop, "_child_sigchld_watch", None)
-        if watch is not None and watch._installed():
-            return True
-        return signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None) and signal.SIGCHLD not in loop._signal_handlers
+        # The one bound method handed to add_signal_handler, which tells
+        # whether the loop's SIGCHLD handler is still this watch's.
+        self._reaper = self._reap
 
     @classmethod
-    def of(cls, loop: Any) -> "SigchldWatch":
-        watch = getattr(loop, "_child_sigchld_watch", None)
+    def watch(cls, loop: Any, pid: int, transport: Any) -> bool:
+        """Watch the child through the loop's watch, installing its handler
+        if the loop runs signal handlers (main thread) and SIGCHLD is free:
+        neither a ``signal.signal`` handler nor another loop handler has it;
+        False if it cannot."""
+        watch: Optional[SigchldWatch] = getattr(loop, "_child_sigchld_watch", None)
+        # The context the exit is reported in.
+        context = contextvars.copy_context() if _EXIT_IN_CALLERS_CONTEXT else contextvars.Context()
+        if watch is not None and watch._installed():
+            # The handler was in place before the child started: its
+            # SIGCHLD cannot have been handled yet.
+            watch._children[pid] = (transport, context)
+            return True
+        if (
+            not SIGCHLD_WATCHING
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None)
+            or signal.SIGCHLD in loop._signal_handlers
+        ):
+            return False
         if watch is None:
             watch = loop._child_sigchld_watch = cls(loop)
-        return watch
-
-    def add(self, pid: int, transport: Any) -> None:
-        context = contextvars.copy_context() if _EXIT_IN_CALLERS_CONTEXT else contextvars.Context()
-        if not self._installed():
-            self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        self._children[pid] = (transport, context)
-        # It may have exited before the handler was in place.
-        self._reap()
+        loop.add_signal_handler(signal.SIGCHLD, watch._reaper)
+        watch._children[pid] = (transport, context)
+        # Children may have exited before the handler was in place.
+        watch._reap()
+        return True
 
     def _reap(self) -> None:
+        loop = self._loop
         for pid in list(self._children):
             try:
                 waited, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                popen = getattr(self._children[pid][0], "_proc", None)
-                returncode = getattr(popen, "returncode", None)
-                if returncode is None:
-                    logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-                    returncode = 255
+                returncode = _status_read_elsewhere(pid, self._children[pid][0])
             else:
                 if waited == 0:
                     continue
-                returncode = _exit_code(status)
-                if self._loop.get_debug():
+                returncode = os.waitstatus_to_exitcode(status)
+                if loop.get_debug():
                     logger.debug("process %s exited with returncode %s", pid, returncode)
             transport, context = self._children.pop(pid)
-            context.run(_exit_from_loop_thread, self._loop, pid, returncode, transport)
+            context.run(_exit_from_loop_thread, loop, pid, returncode, transport)
 
     def _installed(self) -> bool:
         handle = self._loop._signal_handlers.get(signal.SIGCHLD)
-        return handle is not None and handle._callback == self._reap
+        return handle is not None and handle._callback is self._reaper
 
 
 def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], None]) -> None:
     """Calls ``on_exit(pid, returncode, transport)`` on the loop's thread
     once the child has exited."""
-    pid = transport.get_pid()
+    pid = transport._pid
     if PIDFD_AVAILABLE:
         try:
             pidfd = os.pidfd_open(pid, 0)
         except OSError:
             pass
         else:
-            PidfdWatch(loop, pid, pidfd, transport, functools.partial(_exit_from_loop_thread, loop))
+            PidfdWatch(loop, pid, pidfd, transport)
             return
-    if SigchldWatch.usable(loop):
-        SigchldWatch.of(loop).add(pid, transport)
+    if SigchldWatch.watch(loop, pid, transport):
         return
     thread = threading.Thread(
         target=_wait_in_thread, name=f"asyncio-waitpid-{pid}", args=(loop, pid, transport, on_exit), daemon=True
@@ -246,7 +257,71 @@ def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], No
 
 
 class SubprocessTransport(unix_events._UnixSubprocessTransport):  # type: ignore[name-defined,misc]
-    """asyncio's transport, with the child started natively where it can be."""
+    """asyncio's transport, with the child started natively where it can be,
+    and, for a child without pipes, ``connection_made`` and the waiter
+    scheduled by a plain callback rather than a task that has nothing to
+    await: the same callbacks in the same iterations."""
+
+    def __init__(
+        self,
+        loop: Any,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        waiter: Any = None,
+        extra: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        # BaseSubprocessTransport.__init__'s state, in its order.
+        self._extra = {} if extra is None else extra
+        self._closed = False
+        self._protocol = protocol
+        self._loop = loop
+        self._proc: Optional[subprocess.Popen[Any]] = None
+        self._pid: Optional[int] = None
+        self._returncode = None
+        self._exit_waiters: Optional[list[Any]] = []
+        self._pending_calls: Optional[collections.deque[Any]] = collections.deque()
+        pipes: dict[int, Any] = {}
+        self._pipes = pipes
+        self._finished = False
+        if stdin == _PIPE:
+            pipes[0] = None
+        if stdout == _PIPE:
+            pipes[1] = None
+        if stderr == _PIPE:
+            pipes[2] = None
+        try:
+            self._start(args=args, shell=shell, stdin=stdin, stdout=stdout, stderr=stderr, bufsize=bufsize, **kwargs)
+        except:  # noqa: E722  # as asyncio's: close on anything, then re-raise
+            self.close()
+            raise
+        proc = self._proc
+        assert proc is not None  # _start set it
+        self._pid = proc.pid
+        self._extra["subprocess"] = proc
+        if loop.get_debug():
+            logger.debug("process %r created: pid %s", args if isinstance(args, (bytes, str)) else args[0], self._pid)
+        if pipes:
+            loop.create_task(self._connect_pipes(waiter))
+        else:
+            loop.call_soon(self._connected, waiter)
+
+    def _connected(self, waiter: Any) -> None:
+        """The end of ``_connect_pipes``, for a child with no pipe to connect."""
+        loop = self._loop
+        loop.call_soon(self._protocol.connection_made, self)
+        pending = self._pending_calls
+        self._pending_calls = None
+        if pending:
+            for callback, data in pending:
+                loop.call_soon(callback, *data)
+        if waiter is not None and not waiter.cancelled():
+            waiter.set_result(None)
 
     def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, bufsize: int, **kwargs: Any) -> None:
         popen = _spawn.start(args, shell, stdin, stdout, stderr, kwargs)
@@ -254,6 +329,9 @@ class SubprocessTransport(unix_events._UnixSubprocessTransport):  # type: ignore
             super()._start(args, shell, stdin, stdout, stderr, bufsize, **kwargs)
         else:
             self._proc = popen
+
+
+_PIPE = subprocess.PIPE
 
 
 async def make_subprocess_transport(

@@ -526,6 +526,13 @@ impl LoopCore {
         PyBool::new(py, self.debug_enabled()).to_owned().into_any().unbind()
     }
 
+    /// `BaseEventLoop._debug`, which asyncio's own code (borrowed by the
+    /// loop) reads on each connection and subprocess it sets up.
+    #[getter(_debug)]
+    fn debug_attribute(&self, py: Python<'_>) -> Py<PyAny> {
+        self.get_debug(py)
+    }
+
     fn _set_debug_flag(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
         let on = enabled.is_truthy()?;
         let kept = if enabled.is_exact_instance_of::<PyBool>() { None } else { Some(enabled.clone().unbind()) };
