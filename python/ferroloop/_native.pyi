@@ -371,6 +371,15 @@ class Listener:
     @property
     def _sock(self) -> Optional[socket.socket]: ...
 
+def nonblocking_socket(family: int, type: int, proto: int) -> socket.socket:
+    """``socket.socket(family, type, proto)``, non-blocking."""
+    ...
+
+def numeric_stream_address(host: Any, port: Any) -> Optional[tuple[int, tuple[Any, ...]]]:
+    """The family and address asyncio's ``_ipaddr_info`` finds for a numeric
+    host (exact ``str``) and an exact ``int`` port; None otherwise."""
+    ...
+
 def transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A copy of ``extra`` with asyncio's socket extra info added: the
     socket (a ``TransportSocket``), ``sockname`` and ``peername`` (None when

@@ -28,7 +28,16 @@ from asyncio import base_events, events, futures, selector_events, transports, u
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._native import DatagramTransport, Listener, LoopCore, StreamTransport, make_socket_transport, transport_extra
+from ._native import (
+    DatagramTransport,
+    Listener,
+    LoopCore,
+    StreamTransport,
+    make_socket_transport,
+    nonblocking_socket,
+    numeric_stream_address,
+    transport_extra,
+)
 from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
 
@@ -127,20 +136,30 @@ async def _fast_create_connection(
     # the fewest steps: one address, one socket, one connect. Those steps are
     # taken here directly (the connect natively); anything else is asyncio's
     # own create_connection, which also raises its errors for bad arguments.
-    info = None
-    if not args and all(_CONNECTION_DEFAULTS.get(name, _NO_DEFAULT) == value for name, value in options.items()):
-        info = base_events._ipaddr_info(host, port, 0, socket.SOCK_STREAM, 0)  # type: ignore[attr-defined]  # private, stable since 3.5
-    if info is None:
+    # (What base_events._ipaddr_info finds for a numeric host, natively.)
+    numeric = None
+    if not args and (
+        not options or all(_CONNECTION_DEFAULTS.get(name, _NO_DEFAULT) == value for name, value in options.items())
+    ):
+        numeric = numeric_stream_address(host, port)
+    if numeric is None:
         return await _asyncio_create_connection(self, protocol_factory, host, port, *args, **options)
-    family, type_, proto, _, address = info
-    sock = socket.socket(family=family, type=type_, proto=proto)
+    family, address = numeric
+    sock = nonblocking_socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.setblocking(False)
         await self._sock_connect_resolved(sock, address)
     except BaseException:
         sock.close()
         raise
-    transport, protocol = await self._create_connection_transport(sock, protocol_factory, None, None)
+    # asyncio's _create_connection_transport without TLS, in this frame.
+    protocol = protocol_factory()
+    waiter = self.create_future()
+    transport = self._make_socket_transport(sock, protocol, waiter)
+    try:
+        await waiter
+    except:  # noqa: E722  # as asyncio's: close on anything, then re-raise
+        transport.close()
+        raise
     if self._debug:
         logger.debug(
             "%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), host, port, transport, protocol

@@ -29,11 +29,11 @@ use crate::support::thread_exit;
 use crate::transports::stream::StreamTransport;
 use crate::transports::stream_setup::{make_stream_transport, wants_nodelay, Known};
 use crate::transports::sockaddr::{self, RawAddr};
+use crate::transports::socket_object;
 use crate::transports::syscalls::os_error;
 use crate::transports::Attached;
 
 struct Refs {
-    socket_class: Py<PyAny>,
     transport_socket: Py<PyAny>,
     logger: Py<PyAny>,
     accept_retry_delay: Py<PyAny>,
@@ -44,7 +44,6 @@ static REFS: PyOnceLock<Refs> = PyOnceLock::new();
 fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
     REFS.get_or_try_init(py, || {
         Ok(Refs {
-            socket_class: py.import("socket")?.getattr("socket")?.unbind(),
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             logger: py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind(),
             accept_retry_delay: py.import("asyncio.constants")?.getattr("ACCEPT_RETRY_DELAY")?.unbind(),
@@ -166,7 +165,7 @@ impl Listener {
         let refs = refs(py)?;
         let made = (|| {
             let addr = sockaddr::to_object(py, peer)?;
-            let conn = refs.socket_class.bind(py).call1((this.family, this.sock_type, this.proto, fd))?;
+            let conn = socket_object::new_socket(py, this.family, this.sock_type, this.proto, Some(fd))?;
             // The fd is non-blocking already; this makes the socket object
             // agree (its timeout says blocking until told).
             conn.call_method1(intern!(py, "setblocking"), (false,))?;

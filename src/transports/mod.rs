@@ -5,6 +5,7 @@ pub mod pipe;
 pub(crate) mod read_bytes;
 pub(crate) mod sockaddr;
 pub(crate) mod shared;
+pub(crate) mod socket_object;
 pub mod stream;
 pub(crate) mod stream_setup;
 pub(crate) mod syscalls;

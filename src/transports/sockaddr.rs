@@ -86,6 +86,42 @@ fn numeric_host(obj: &Bound<'_, PyAny>) -> Option<CString> {
     CString::new(host).ok()
 }
 
+/// What asyncio's `base_events._ipaddr_info(host, port, AF_UNSPEC,
+/// SOCK_STREAM, 0)` finds for a numeric IPv4 or IPv6 `host` (an exact
+/// ASCII `str`, without a scope) and an exact `int` port: the family and
+/// the address to connect to, `(host, port)` or `(host, port, 0, 0)`.
+/// None for anything else, for which asyncio's own code decides.
+#[pyfunction]
+pub fn numeric_stream_address<'py>(
+    host: &Bound<'py, PyAny>,
+    port: &Bound<'py, PyAny>,
+) -> PyResult<Option<(libc::c_int, Bound<'py, PyTuple>)>> {
+    let py = host.py();
+    let Some(text) = numeric_host(host) else { return Ok(None) };
+    if !port.is_exact_instance_of::<PyInt>() {
+        return Ok(None);
+    }
+    let mut parsed = [0u8; 16];
+    // SAFETY: `text` is NUL-terminated and `parsed` has room for an
+    // in6_addr, the larger of the two results inet_pton writes.
+    let family = unsafe {
+        if inet_pton(libc::AF_INET, text.as_ptr(), parsed.as_mut_ptr().cast()) == 1 {
+            libc::AF_INET
+        } else if inet_pton(libc::AF_INET6, text.as_ptr(), parsed.as_mut_ptr().cast()) == 1 {
+            libc::AF_INET6
+        } else {
+            return Ok(None);
+        }
+    };
+    let address = if family == libc::AF_INET {
+        PyTuple::new(py, [host.clone(), port.clone()])?
+    } else {
+        let zero = 0i32.into_pyobject(py)?.into_any();
+        PyTuple::new(py, [host.clone(), port.clone(), zero.clone(), zero])?
+    };
+    Ok(Some((family, address)))
+}
+
 /// `addr` as `socket.sendto` would pass it for a socket of `family`, when
 /// it is in a plain form (see the module docs).
 pub fn to_raw(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
@@ -217,9 +253,10 @@ pub fn to_object<'py>(py: Python<'py>, raw: &RawAddr) -> PyResult<Bound<'py, PyA
             let sin = base.cast::<libc::sockaddr_in>();
             // SAFETY: the kernel wrote a sockaddr_in (its family says so)
             // into storage large enough for it.
-            let (addr, port) = unsafe { (std::ptr::addr_of!((*sin).sin_addr).cast(), u16::from_be((*sin).sin_port)) };
-            let host = ntop(libc::AF_INET, addr).ok_or_else(io::Error::last_os_error)?;
-            Ok((host, port).into_pyobject(py)?.into_any())
+            let (addr, port) = unsafe { ((*sin).sin_addr.s_addr, u16::from_be((*sin).sin_port)) };
+            // s_addr holds the address in network order: its bytes in
+            // memory are the four octets in order.
+            Ok((ipv4_text(addr.to_ne_bytes()), port).into_pyobject(py)?.into_any())
         }
         libc::AF_INET6 => {
             let sin6 = base.cast::<libc::sockaddr_in6>();
@@ -318,6 +355,58 @@ pub fn accept(fd: RawFd, peer: &mut RawAddr) -> io::Result<RawFd> {
     Ok(accepted)
 }
 
+/// Which of a socket's two names `name_of` reads.
+#[derive(Clone, Copy)]
+pub enum Side {
+    Local,
+    Peer,
+}
+
+/// `getsockname` or `getpeername` of `fd`.
+pub fn name_of(fd: RawFd, side: Side) -> io::Result<RawAddr> {
+    let mut raw = RawAddr::empty();
+    raw.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let storage = std::ptr::addr_of_mut!(raw.storage).cast();
+    // SAFETY: `raw.storage` is writable for `raw.len` bytes for the
+    // duration of the call; an invalid fd only makes the call fail.
+    let status = unsafe {
+        match side {
+            Side::Local => libc::getsockname(fd, storage, &mut raw.len),
+            Side::Peer => libc::getpeername(fd, storage, &mut raw.len),
+        }
+    };
+    if status < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raw)
+}
+
+impl RawAddr {
+    /// An address `to_object` gives as the socket module would, whatever
+    /// the socket: AF_INET, AF_INET6 and AF_UNIX.
+    pub fn is_common_family(&self) -> bool {
+        self.len == 0 || matches!(self.family(), libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
+    }
+}
+
+/// Dotted-quad text, as inet_ntop writes it, without its printf.
+fn ipv4_text(octets: [u8; 4]) -> String {
+    let mut text = String::with_capacity(15);
+    for (index, octet) in octets.into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// Whether a datagram (or an error) is waiting, without taking it: a
 /// zero-length `MSG_PEEK` read. Ok(false) when the queue is empty. A
 /// pending socket error is consumed by the peek and returned as Err.
@@ -372,6 +461,28 @@ mod tests {
         assert_eq!(from.len, 0, "an unnamed peer has no address");
         assert!(!datagram_waiting(b.as_raw_fd()).expect("peek"));
         assert!(matches!(recv_from(b.as_raw_fd(), &mut buf, &mut from), Ok(Progress::WouldBlock)));
+    }
+
+    #[test]
+    fn ipv4_text_is_the_dotted_quad_for_every_octet_value() {
+        for value in 0..=255u8 {
+            for octets in [[value, 0, 0, 0], [1, value, 10, 100], [255, 99, value, 9], [0, 0, 0, value]] {
+                assert_eq!(ipv4_text(octets), std::net::Ipv4Addr::from(octets).to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn names_of_a_connected_socket_pair_are_read_natively() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let local = name_of(client.as_raw_fd(), Side::Local).expect("getsockname");
+        let peer = name_of(client.as_raw_fd(), Side::Peer).expect("getpeername");
+        assert!(local.is_common_family() && peer.is_common_family());
+        assert_eq!(local.family(), libc::AF_INET);
+        assert!(name_of(-1, Side::Peer).is_err());
+        let unbound = UnixDatagram::unbound().expect("socket");
+        assert!(name_of(unbound.as_raw_fd(), Side::Peer).is_err(), "not connected");
     }
 
     #[test]

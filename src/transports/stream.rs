@@ -1120,7 +1120,7 @@ impl StreamTransport {
         let cleanup = (|| -> PyResult<()> {
             this.event_loop.get().unregister_transport(py, this.fd, slf.as_any())?;
             if let Some(sock) = &sock {
-                sock.bind(py).call_method0(intern!(py, "close"))?;
+                super::socket_object::close_socket(sock.bind(py))?;
             }
             Self::detach_from_server(py, slf, server)?;
             if let Some(waiter) = waiter {

@@ -10,10 +10,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::intern;
 
+use super::sockaddr::{self, Side};
 use super::stream::StreamTransport;
 use crate::event_loop::{copy_current_context, LoopCore};
 
 struct Refs {
+    socket_class: Py<PyAny>,
     transport_socket: Py<PyAny>,
     set_result_unless_cancelled: Py<PyAny>,
     /// `ferroloop._network._set_nodelay`, for the exact error of a socket
@@ -30,6 +32,7 @@ static REFS: PyOnceLock<Refs> = PyOnceLock::new();
 fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
     REFS.get_or_try_init(py, || {
         Ok(Refs {
+            socket_class: py.import("socket")?.getattr("socket")?.unbind(),
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             set_result_unless_cancelled: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
             set_nodelay: py.import("ferroloop._network")?.getattr("_set_nodelay")?.unbind(),
@@ -104,14 +107,35 @@ fn name_or_none<'py>(sock: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::
     }
 }
 
+/// The socket's name or its peer's, as its `getsockname()` or
+/// `getpeername()` gives it, None when it has none. A plain
+/// `socket.socket` on a known fd is read natively; a subclass, which may
+/// override the method, or an uncommon family is asked.
+fn name<'py>(sock: &Bound<'py, PyAny>, fd: Option<RawFd>, side: Side) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let plain = sock.get_type().is(refs(py)?.socket_class.bind(py));
+    if let Some(fd) = fd.filter(|_| plain) {
+        match sockaddr::name_of(fd, side) {
+            Ok(raw) if raw.is_common_family() => return sockaddr::to_object(py, &raw),
+            Ok(_) => {}
+            Err(_) => return Ok(py.None().into_bound(py)),
+        }
+    }
+    let method = match side {
+        Side::Local => intern!(py, "getsockname"),
+        Side::Peer => intern!(py, "getpeername"),
+    };
+    name_or_none(sock, method)
+}
+
 /// asyncio's `_SelectorTransport` extra info, added to `info`: the socket
 /// (as a `TransportSocket`), its name, and its peer's unless `info` has it.
-fn add_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
+fn add_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>, fd: Option<RawFd>) -> PyResult<()> {
     let py = sock.py();
     info.set_item(intern!(py, "socket"), refs(py)?.transport_socket.bind(py).call1((sock,))?)?;
-    info.set_item(intern!(py, "sockname"), name_or_none(sock, intern!(py, "getsockname"))?)?;
+    info.set_item(intern!(py, "sockname"), name(sock, fd, Side::Local)?)?;
     if !info.contains(intern!(py, "peername"))? {
-        info.set_item(intern!(py, "peername"), name_or_none(sock, intern!(py, "getpeername"))?)?;
+        info.set_item(intern!(py, "peername"), name(sock, fd, Side::Peer)?)?;
     }
     Ok(())
 }
@@ -125,7 +149,7 @@ pub fn transport_extra<'py>(sock: &Bound<'py, PyAny>, extra: Option<&Bound<'py, 
         Some(extra) => extra.copy()?,
         None => PyDict::new(sock.py()),
     };
-    add_socket_info(&info, sock)?;
+    add_socket_info(&info, sock, None)?;
     Ok(info)
 }
 
@@ -179,7 +203,7 @@ pub(crate) fn make_stream_transport<'py>(
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    add_socket_info(&info, sock)?;
+    add_socket_info(&info, sock, Some(fd))?;
     let context = match context {
         Some(context) => context.clone().unbind(),
         None => copy_current_context(py)?,
