@@ -129,7 +129,7 @@ class PidfdWatch:
 
 # asyncio's warnings for a status read by someone else: its pidfd watcher's,
 # and its other watchers'.
-_READ_ELSEWHERE_PIDFD = "child process pid %d exit status already read: will report returncode 255"
+_READ_ELSEWHERE_PIDFD = "child process pid %d exit status already read:  will report returncode 255"
 _READ_ELSEWHERE = "Unknown child process pid %d, will report returncode 255"
 
 

@@ -59,6 +59,12 @@ impl RawAddr {
     fn as_ptr(&self) -> *const libc::sockaddr {
         std::ptr::addr_of!(self.storage).cast()
     }
+
+    /// An address `to_object` gives as the socket module would, whatever
+    /// the socket: AF_INET, AF_INET6 and AF_UNIX.
+    pub fn is_common_family(&self) -> bool {
+        self.len == 0 || matches!(self.family(), libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
+    }
 }
 
 impl PartialEq for RawAddr {
@@ -379,14 +385,6 @@ pub fn name_of(fd: RawFd, side: Side) -> io::Result<RawAddr> {
         return Err(io::Error::last_os_error());
     }
     Ok(raw)
-}
-
-impl RawAddr {
-    /// An address `to_object` gives as the socket module would, whatever
-    /// the socket: AF_INET, AF_INET6 and AF_UNIX.
-    pub fn is_common_family(&self) -> bool {
-        self.len == 0 || matches!(self.family(), libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
-    }
 }
 
 /// Dotted-quad text, as inet_ntop writes it, without its printf.

@@ -88,12 +88,19 @@ pub fn new_socket<'py>(
     Ok(sock)
 }
 
+/// Whether `sock` is a `socket.socket` itself, not a subclass (which may
+/// override any method).
+pub fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    Ok(sock.get_type().is(refs(py)?.socket_class.bind(py)))
+}
+
 /// `sock.close()`.
 pub fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = sock.py();
     let refs = refs(py)?;
     let class = refs.socket_class.bind(py);
-    if !sock.get_type().is(class)
+    if !is_plain_socket(sock)?
         || !class.getattr(intern!(py, "close"))?.is(refs.python_close.bind(py))
         || !class.getattr(intern!(py, "_real_close"))?.is(refs.python_real_close.bind(py))
     {

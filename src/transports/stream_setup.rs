@@ -11,11 +11,11 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::intern;
 
 use super::sockaddr::{self, Side};
+use super::socket_object;
 use super::stream::StreamTransport;
 use crate::event_loop::{copy_current_context, LoopCore};
 
 struct Refs {
-    socket_class: Py<PyAny>,
     transport_socket: Py<PyAny>,
     set_result_unless_cancelled: Py<PyAny>,
     /// `ferroloop._network._set_nodelay`, for the exact error of a socket
@@ -32,7 +32,6 @@ static REFS: PyOnceLock<Refs> = PyOnceLock::new();
 fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
     REFS.get_or_try_init(py, || {
         Ok(Refs {
-            socket_class: py.import("socket")?.getattr("socket")?.unbind(),
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             set_result_unless_cancelled: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
             set_nodelay: py.import("ferroloop._network")?.getattr("_set_nodelay")?.unbind(),
@@ -113,8 +112,11 @@ fn name_or_none<'py>(sock: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::
 /// override the method, or an uncommon family is asked.
 fn name<'py>(sock: &Bound<'py, PyAny>, fd: Option<RawFd>, side: Side) -> PyResult<Bound<'py, PyAny>> {
     let py = sock.py();
-    let plain = sock.get_type().is(refs(py)?.socket_class.bind(py));
-    if let Some(fd) = fd.filter(|_| plain) {
+    let native_fd = match fd {
+        Some(fd) if socket_object::is_plain_socket(sock)? => Some(fd),
+        _ => None,
+    };
+    if let Some(fd) = native_fd {
         match sockaddr::name_of(fd, side) {
             Ok(raw) if raw.is_common_family() => return sockaddr::to_object(py, &raw),
             Ok(_) => {}
