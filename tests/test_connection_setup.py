@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import socket
 import tempfile
 from asyncio import base_events
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ferroloop
-from ferroloop._native import numeric_stream_address
+from ferroloop._native import numeric_stream_address, numeric_tcp_target
 
 from netutil import run_with_loop
 
@@ -47,6 +48,8 @@ def asyncio_says(host: Any, port: Any) -> Any:
 def test_numeric_addresses_are_what_asyncio_finds(host: Any, port: Any) -> None:
     native = numeric_stream_address(host, port)
     expected = asyncio_says(host, port)
+    target = numeric_tcp_target((host, port))
+    assert target == (None if native is None else (*native, socket.IPPROTO_TCP, (host, port)))
     if native is not None:
         assert native == expected
         assert type(native[1][0]) is type(host)
@@ -61,6 +64,52 @@ def test_a_numeric_address_is_recognised() -> None:
     assert numeric_stream_address("127.0.0.1", 80) == (socket.AF_INET, ("127.0.0.1", 80))
     assert numeric_stream_address("::1", 0) == (socket.AF_INET6, ("::1", 0, 0, 0))
     assert numeric_stream_address("example.com", 80) is None
+    assert numeric_tcp_target(("127.0.0.1", 80, None)) is None  # a third positional: asyncio's path
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda loop, factory, port: loop.create_connection(factory, "127.0.0.1", port),
+        lambda loop, factory, port: loop.create_connection(factory, host="127.0.0.1", port=port),
+        lambda loop, factory, port: loop.create_connection(factory, "127.0.0.1", port=port, ssl=None),
+    ],
+    ids=["positional", "keywords", "default-option"],
+)
+def test_every_spelling_of_a_numeric_connect_takes_the_direct_path(call: Any) -> None:
+    """Keyword host and port, and options left at their defaults, take the
+    direct path as the positional form does: asyncio's create_connection,
+    which resolves the address through the loop's _ensure_resolved, is not
+    called."""
+
+    def not_expected(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("asyncio's create_connection resolved the address")
+
+    async def main() -> bytes:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"hi")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        received = loop.create_future()
+
+        class Reader(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.set_result(data)
+
+        loop._ensure_resolved = not_expected  # type: ignore[method-assign]
+        transport, _ = await call(loop, Reader, port)
+        try:
+            return await asyncio.wait_for(received, 5)
+        finally:
+            transport.close()
+            server.close()
+            await server.wait_closed()
+
+    assert run_with_loop(ferroloop.new_event_loop, main()) == b"hi"
 
 
 def names(transport: asyncio.BaseTransport) -> tuple[Any, Any, Any, Any]:
@@ -164,3 +213,64 @@ def test_a_replaced_socket_init_and_close_are_called(monkeypatch: pytest.MonkeyP
     run_with_loop(ferroloop.new_event_loop, connect_and_close())
     # The listening socket, the client's, the accepted one; each closed.
     assert calls.count("init") >= 3 and calls.count("close") >= 3
+
+
+def unix_connect_outcomes(directory: str) -> list[tuple[str, Any]]:
+    """create_unix_connection to paths good and bad: what each call gives
+    (the protocol's data for a good one; the error's type and text)."""
+    listening = os.path.join(directory, "listening.sock")
+    plain_file = os.path.join(directory, "plain-file")
+    with open(plain_file, "w"):
+        pass
+    unbound = os.path.join(directory, "unbound.sock")
+    socket.socket(socket.AF_UNIX).bind(unbound)  # bound, never listening
+    paths: list[Any] = [
+        listening, listening.encode(), pathlib.Path(listening),
+        os.path.join(directory, "missing.sock"), plain_file, unbound, directory,
+        "x" * 200, "bad\0path", 17, b"", "",
+    ]
+
+    async def attempt(path: Any) -> tuple[str, Any]:
+        loop = asyncio.get_running_loop()
+        received = loop.create_future()
+
+        class Reader(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.set_result(data)
+
+        try:
+            transport, _ = await asyncio.wait_for(loop.create_unix_connection(Reader, path), 5)
+        except Exception as exc:  # noqa: BLE001  # compared with asyncio's
+            return ("error", (type(exc).__name__, str(exc)))
+        try:
+            return ("data", await asyncio.wait_for(received, 5))
+        finally:
+            transport.close()
+
+    async def main() -> list[tuple[str, Any]]:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"hello")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(greet, listening)
+        try:
+            return [await attempt(path) for path in paths]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return main()  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+def test_unix_connections_succeed_and_fail_as_asyncios() -> None:
+    results = {}
+    for name, factory in {"asyncio": asyncio.SelectorEventLoop, "ferroloop": ferroloop.new_event_loop}.items():
+        with tempfile.TemporaryDirectory() as directory:
+            outcomes = run_with_loop(factory, unix_connect_outcomes(directory))
+        results[name] = [(kind, value if kind == "data" else (value[0], value[1].replace(directory, "<dir>")))
+                         for kind, value in outcomes]
+    assert results["ferroloop"] == results["asyncio"]
+    assert results["ferroloop"][:3] == [("data", b"hello")] * 3
+    assert {kind for kind, _ in results["ferroloop"][3:]} == {"error"}

@@ -380,6 +380,11 @@ def numeric_stream_address(host: Any, port: Any) -> Optional[tuple[int, tuple[An
     host (exact ``str``) and an exact ``int`` port; None otherwise."""
     ...
 
+def numeric_tcp_target(args: tuple[Any, ...]) -> Optional[tuple[int, tuple[Any, ...], int, tuple[Any, ...]]]:
+    """``create_connection``'s direct path when ``args`` is ``(host, port)``
+    (numeric): ``(family, address, IPPROTO_TCP, args)``; None otherwise."""
+    ...
+
 def transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A copy of ``extra`` with asyncio's socket extra info added: the
     socket (a ``TransportSocket``), ``sockname`` and ``peername`` (None when

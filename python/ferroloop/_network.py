@@ -35,11 +35,13 @@ from ._native import (
     StreamTransport,
     make_socket_transport,
     nonblocking_socket,
-    numeric_stream_address,
+    numeric_tcp_target,
     transport_extra,
 )
 from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
+from ._tls import make_ssl_transport
+from ._tls import start_tls as _start_tls
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -117,54 +119,110 @@ def _set_nodelay(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_asyncio_create_connection = _borrow(_Base, "create_connection")
-# The keyword-only options of this version's create_connection, with their
-# defaults: a call that passes only these defaults takes the direct path.
-_CONNECTION_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(_asyncio_create_connection).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-}
+def _keyword_defaults(function: Any) -> dict[str, Any]:
+    """The keyword-only options of ``function``, with their defaults."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
 _NO_DEFAULT = object()
 
 
-@functools.wraps(_asyncio_create_connection)
-async def _fast_create_connection(
-    self: Any, protocol_factory: Any, host: Any = None, port: Any = None, *args: Any, **options: Any
+def _only_defaults(options: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    return all(defaults.get(name, _NO_DEFAULT) == value for name, value in options.items())
+
+
+# A call that passes only these defaults (and no positional extras) can take
+# the direct path.
+_asyncio_create_connection = _borrow(_Base, "create_connection")
+_CONNECTION_DEFAULTS = _keyword_defaults(_asyncio_create_connection)
+_asyncio_create_unix_connection = _borrow(
+    _Unix,
+    "create_unix_connection",
+    "Connect to a Unix socket at ``path`` (or over ``sock``), with a "
+    "protocol from ``protocol_factory``: ``(transport, protocol)``.",
+)
+_UNIX_CONNECTION_DEFAULTS = _keyword_defaults(_asyncio_create_unix_connection)
+
+# What a direct path connects: (family, address, proto, and the (host, port)
+# its debug log names, or None). Found from a call's positional arguments
+# and keyword options; None when the call takes asyncio's path.
+_DirectTarget = Optional[tuple[int, Any, int, Optional[tuple[Any, Any]]]]
+
+
+def _numeric_tcp_target_by_keyword(host: Any = None, port: Any = None, *args: Any, **options: Any) -> _DirectTarget:
+    if args or not _only_defaults(options, _CONNECTION_DEFAULTS):
+        return None
+    return numeric_tcp_target((host, port))
+
+
+def _unix_path_target(args: tuple[Any, ...]) -> _DirectTarget:
+    """A path and no other option: asyncio's fspath, then one socket and
+    one connect."""
+    if len(args) != 1 or args[0] is None:
+        return None
+    return socket.AF_UNIX, os.fspath(args[0]), 0, None
+
+
+def _unix_path_target_by_keyword(path: Any = None, *args: Any, **options: Any) -> _DirectTarget:
+    if args or not _only_defaults(options, _UNIX_CONNECTION_DEFAULTS):
+        return None
+    return _unix_path_target((path,))
+
+
+def _with_direct_path(
+    asyncio_method: Any,
+    positional_target: Callable[[tuple[Any, ...]], _DirectTarget],
+    keyword_target: Callable[..., _DirectTarget],
 ) -> Any:
-    # A numeric address with no other option is what asyncio's code does in
-    # the fewest steps: one address, one socket, one connect. Those steps are
-    # taken here directly (the connect natively); anything else is asyncio's
-    # own create_connection, which also raises its errors for bad arguments.
-    # (What base_events._ipaddr_info finds for a numeric host, natively.)
-    numeric = None
-    if not args and (
-        not options or all(_CONNECTION_DEFAULTS.get(name, _NO_DEFAULT) == value for name, value in options.items())
-    ):
-        numeric = numeric_stream_address(host, port)
-    if numeric is None:
-        return await _asyncio_create_connection(self, protocol_factory, host, port, *args, **options)
-    family, address = numeric
-    sock = nonblocking_socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        await self._sock_connect_resolved(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    # asyncio's _create_connection_transport without TLS, in this frame.
-    protocol = protocol_factory()
-    waiter = self.create_future()
-    transport = self._make_socket_transport(sock, protocol, waiter)
-    try:
-        await waiter
-    except:  # noqa: E722  # as asyncio's: close on anything, then re-raise
-        transport.close()
-        raise
-    if self._debug:
-        logger.debug(
-            "%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), host, port, transport, protocol
-        )
-    return transport, protocol
+    """``asyncio_method``, except that a call the targets accept (by its
+    positional arguments alone, or with keywords) is carried out here: the
+    connect natively, the transport set up as asyncio's
+    ``_create_connection_transport`` does without TLS, in one coroutine
+    frame. Bad arguments never take this path, so they get asyncio's own
+    errors."""
+
+    @functools.wraps(asyncio_method)
+    async def connect(self: Any, protocol_factory: Any, *args: Any, **options: Any) -> Any:
+        target = keyword_target(*args, **options) if options else positional_target(args)
+        if target is None:
+            return await asyncio_method(self, protocol_factory, *args, **options)
+        family, address, proto, logged_as = target
+        sock = nonblocking_socket(family, socket.SOCK_STREAM, proto)
+        try:
+            await self._sock_connect_resolved(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_socket_transport(sock, protocol, waiter)
+        try:
+            await waiter
+        except:  # noqa: E722  # as asyncio's: close on anything, then re-raise
+            transport.close()
+            raise
+        if logged_as is not None and self._debug:
+            logger.debug(
+                "%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), *logged_as, transport, protocol
+            )
+        return transport, protocol
+
+    return connect
+
+
+# create_connection: a numeric address and no other option, for which
+# asyncio's code takes the fewest steps (one address, one socket, one
+# connect); what base_events._ipaddr_info finds for a numeric host, natively.
+_fast_create_connection = _with_direct_path(
+    _asyncio_create_connection, numeric_tcp_target, _numeric_tcp_target_by_keyword
+)
+_fast_create_unix_connection = _with_direct_path(
+    _asyncio_create_unix_connection, _unix_path_target, _unix_path_target_by_keyword
+)
 
 
 class NetworkMethods:
@@ -209,13 +267,8 @@ class NetworkMethods:
             "protocol from ``protocol_factory``: ``(transport, protocol)``.",
         )
         sendfile = _borrow(_Base, "sendfile")
-        start_tls = _borrow(_Base, "start_tls")
-        create_unix_connection = _borrow(
-            _Unix,
-            "create_unix_connection",
-            "Connect to a Unix socket at ``path`` (or over ``sock``), with a "
-            "protocol from ``protocol_factory``: ``(transport, protocol)``.",
-        )
+        start_tls = _start_tls
+        create_unix_connection = _fast_create_unix_connection
         create_unix_server = _borrow(
             _Unix,
             "create_unix_server",
@@ -278,8 +331,12 @@ class NetworkMethods:
     _ensure_fd_no_transport = _borrow(_Selector, "_ensure_fd_no_transport")
     _sendfile_native = _borrow(_Selector, "_sendfile_native")
 
-    # TLS wraps a plain socket transport in asyncio's SSLProtocol.
-    _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
+    # TLS: asyncio's SSLProtocol (ferroloop._tls mends it from 3.11 on) over
+    # a native stream transport; on 3.10 asyncio's own pair.
+    if make_ssl_transport is not None:
+        _make_ssl_transport = make_ssl_transport
+    else:
+        _make_ssl_transport = _borrow(_Selector, "_make_ssl_transport")
 
     # Datagram and pipe transports are native (ferroloop._pipes for pipes).
     def _make_datagram_transport(

@@ -128,6 +128,22 @@ pub fn numeric_stream_address<'py>(
     Ok(Some((family, address)))
 }
 
+/// The direct path of `create_connection(protocol_factory, host, port)`
+/// (`args` is `(host, port)`, given positionally, no other option): the
+/// family, address and proto to connect with, and `args` again for the
+/// debug log; None when asyncio's own code must decide.
+#[pyfunction]
+#[allow(clippy::type_complexity)] // the Python tuple it returns
+pub fn numeric_tcp_target<'py>(
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Option<(libc::c_int, Bound<'py, PyTuple>, libc::c_int, Bound<'py, PyTuple>)>> {
+    if args.len() != 2 {
+        return Ok(None);
+    }
+    let found = numeric_stream_address(&args.get_item(0)?, &args.get_item(1)?)?;
+    Ok(found.map(|(family, address)| (family, address, libc::IPPROTO_TCP, args.clone())))
+}
+
 /// `addr` as `socket.sendto` would pass it for a socket of `family`, when
 /// it is in a plain form (see the module docs).
 pub fn to_raw(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Option<RawAddr> {

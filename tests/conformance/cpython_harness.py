@@ -84,6 +84,8 @@ SUITES: tuple[Suite, ...] = (
     Suite("test_buffered_proto", "test_buffered_proto", NETWORK),
     Suite("test_streams", "test_streams", NETWORK),
     Suite("test_subprocess", "test_subprocess", NETWORK),
+    Suite("test_ssl", "test_ssl", NETWORK),
+    Suite("test_sslproto", "test_sslproto", NETWORK),
 )
 SUITES_BY_NAME = {s.name: s for s in SUITES}
 
@@ -395,6 +397,15 @@ def build_suite(suite: Suite, acct: LoopAccounting) -> list[unittest.TestCase]:
     if suite.module in factory_classes:
         bases, method = factory_classes[suite.module]
         return from_class(loop_class(module, "LoopUnderTestTests", bases, method, acct))
+
+    if suite.module == "test_sslproto":
+        # start_tls() on the loop under test (the selector class's tests, from
+        # its factory method), and the handshake tests, which build their
+        # loop through asyncio.new_event_loop().  ProactorStartTLSTests is
+        # Windows-only.
+        start_tls = loop_class(module, "LoopUnderTestStartTLSTests",
+                               (module.BaseStartTLS, unittest.TestCase), "new_loop", acct)
+        return from_class(start_tls) + from_class(module.SslProtoHandshakeTests)
 
     # Policy-driven modules: the whole module, as regrtest would load it.
     return list(iter_tests(loader.loadTestsFromModule(module)))

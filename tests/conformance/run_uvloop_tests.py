@@ -176,10 +176,6 @@ KNOWN: dict[str, str] = {
         "uvloop-only behaviour: after pause_reading(), data_received() runs in the "
         "context of the resume_reading() call (got 'resume_reading', expected "
         "'inner'), as with asyncio's SSLProtocol; the check is skipped on asyncio",
-    "test_context.Test_UV_Context.test_create_ssl_server_manual_connection_lost":
-        "uvloop-only behaviour: TLS data held by pause_reading() is still passed to "
-        "data_received() after close() (uvloop drops it once close() starts the TLS "
-        "shutdown); asyncio's SSLProtocol delivers it too; skipped on asyncio 3.11+",
     "test_context.Test_UV_Context.test_datagram_protocol":
         "uvloop-only behaviour: a datagram transport's connection_lost() runs in the "
         "context that called close() (expected 'inner', got 'closing'), as on "
@@ -231,26 +227,13 @@ KNOWN: dict[str, str] = {
         "uvloop-only behaviour: after abort() in connection_made(), uvloop's "
         "get_extra_info('socket') is None; ferroloop returns the closed "
         "TransportSocket (fd=-1), as asyncio does (the test's comment says so)",
-    "test_tcp.Test_UV_TCPSSL.test_bpo_39951_discard_trailing_data":
-        "uvloop-only behaviour: application data after the peer's close_notify; "
-        "asyncio's SSLProtocol, which ferroloop uses, fails wait_closed() with "
-        "SSLError APPLICATION_DATA_AFTER_CLOSE_NOTIFY, which the test turns into a "
-        "skip on asyncio (bpo-39951)",
-    "test_tcp.Test_UV_TCPSSL.test_first_data_after_wakeup":
-        "uvloop-only behaviour: data that arrives with the last handshake bytes of "
-        "a server-side start_tls() begun inside connection_made(); with asyncio's "
-        "start_tls, which ferroloop uses, it reaches the plain protocol and is echoed "
-        "unencrypted (client SSLError WRONG_VERSION_NUMBER); skipped on asyncio",
     "test_tcp.Test_UV_TCPSSL.test_shutdown_timeout_handler_not_set":
-        "uvloop-only behaviour (HANG): expects eof_received() for the peer's TLS "
-        "EOF while reading is paused; asyncio's SSLProtocol, which ferroloop uses, "
-        "does not call it (the test skips itself on asyncio: 'asyncio doesn't call "
-        "SSL eof_received()'), so the test never ends",
-    "test_tcp.Test_UV_TCPSSL.test_shutdown_while_pause_reading":
-        "uvloop-only behaviour: pause_reading() then close() on a TLS transport; "
-        "uvloop still completes the TLS shutdown and calls eof_received(); with "
-        "asyncio's SSLProtocol, which ferroloop uses, it never comes (TimeoutError "
-        "after 10 s); the test skips itself on asyncio",
+        "uvloop-only behaviour (HANG): the peer sends data, then a TCP EOF without "
+        "close_notify, while reading is paused; uvloop drops the data and closes, "
+        "and the test waits for that close. asyncio keeps the data for the "
+        "protocol until reading resumes, and CPython's test of the same name "
+        "(test_asyncio.test_ssl) asserts exactly that, which ferroloop passes; "
+        "both cannot hold (the test skips itself on asyncio)",
     "test_udp.Test_UV_UDP.test_udp_sendto_dns":
         "uvloop-only behaviour: expects sendto(data, ('example.com', 80)) to raise "
         "ValueError (uvloop refuses addresses that need a DNS lookup); ferroloop, "
