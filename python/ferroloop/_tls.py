@@ -33,12 +33,11 @@ try:
 except ImportError:  # an interpreter built without OpenSSL
     ssl = None  # type: ignore[assignment]
 
-_HAS_BUFFERED_SSLPROTO = sys.version_info >= (3, 11) and ssl is not None
 # Since 3.12 asyncio refuses to make a transport on a socket another (open)
 # transport owns.
 _TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
 
-if _HAS_BUFFERED_SSLPROTO:
+if sys.version_info >= (3, 11) and ssl is not None:
     _State = sslproto.SSLProtocolState
     _READ_CHUNK = 256 * 1024
     _per_thread = threading.local()
