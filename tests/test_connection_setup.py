@@ -274,3 +274,25 @@ def test_unix_connections_succeed_and_fail_as_asyncios() -> None:
     assert results["ferroloop"] == results["asyncio"]
     assert results["ferroloop"][:3] == [("data", b"hello")] * 3
     assert {kind for kind, _ in results["ferroloop"][3:]} == {"error"}
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+@pytest.mark.parametrize("cleanup_socket", [True, False, None], ids=["cleanup", "no-cleanup", "default"])
+def test_closing_a_unix_server_unlinks_its_path_as_cleanup_socket_says(cleanup_socket: Any) -> None:
+    """3.13's cleanup_socket, accepted on every version; left out, closing
+    unlinks the path from 3.13 on only, as asyncio does."""
+    import sys
+
+    options = {} if cleanup_socket is None else {"cleanup_socket": cleanup_socket}
+    unlinked = (sys.version_info >= (3, 13)) if cleanup_socket is None else cleanup_socket
+
+    async def main(path: str) -> bool:
+        server = await asyncio.get_running_loop().create_unix_server(asyncio.Protocol, path, **options)
+        assert os.path.exists(path)
+        server.close()
+        await server.wait_closed()
+        return os.path.exists(path)
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "server.sock")
+        assert run_with_loop(ferroloop.new_event_loop, main(path)) is not unlinked

@@ -225,6 +225,47 @@ _fast_create_unix_connection = _with_direct_path(
 )
 
 
+_asyncio_create_unix_server = _borrow(
+    _Unix,
+    "create_unix_server",
+    "Listen on a Unix socket at ``path`` (or on ``sock``), with a "
+    "protocol from ``protocol_factory`` per connection: a Server.",
+)
+
+
+def _remember_unix_path(loop: Any, sock: socket.socket) -> None:
+    """What 3.13's create_unix_server(cleanup_socket=True) does: note the
+    inode of the path the socket is bound to (not for an abstract name), so
+    that closing the server unlinks the path if it still names that file."""
+    path = sock.getsockname()
+    if path and path[0] not in (0, "\x00"):
+        try:
+            loop._unix_server_sockets[sock] = os.stat(path).st_ino
+        except FileNotFoundError:
+            pass
+
+
+if sys.version_info >= (3, 13):
+    _create_unix_server = _asyncio_create_unix_server
+else:
+
+    async def _create_unix_server(
+        self: Any, protocol_factory: Any, path: Any = None, *args: Any, cleanup_socket: bool = False, **options: Any
+    ) -> Any:
+        # 3.13's cleanup_socket, accepted here too (as uvloop does); its
+        # default stays False, as these versions never unlink the path.
+        server = await _asyncio_create_unix_server(self, protocol_factory, path, *args, **options)
+        if cleanup_socket:
+            for sock in server._sockets:
+                _remember_unix_path(self, sock)
+        return server
+
+    _create_unix_server.__doc__ = (
+        f"{_asyncio_create_unix_server.__doc__} With ``cleanup_socket=True`` (3.13's "
+        "default), closing the server unlinks the socket's path."
+    )
+
+
 class NetworkMethods:
     """The network half of the loop API."""
 
@@ -269,12 +310,7 @@ class NetworkMethods:
         sendfile = _borrow(_Base, "sendfile")
         start_tls = _start_tls
         create_unix_connection = _fast_create_unix_connection
-        create_unix_server = _borrow(
-            _Unix,
-            "create_unix_server",
-            "Listen on a Unix socket at ``path`` (or on ``sock``), with a "
-            "protocol from ``protocol_factory`` per connection: a Server.",
-        )
+        create_unix_server = _create_unix_server
     _connect_sock = _borrow(_Base, "_connect_sock")
     _create_connection_transport = _borrow(_Base, "_create_connection_transport")
     _ensure_resolved = _borrow(_Base, "_ensure_resolved")

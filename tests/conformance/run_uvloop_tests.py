@@ -159,9 +159,6 @@ KNOWN: dict[str, str] = {
         "uvloop-only API: create_datagram_endpoint(reuse_address=False); asyncio "
         "removed the parameter in 3.11 (TypeError), uvloop keeps it; the test "
         "skips itself on asyncio 3.11+",
-    "test_unix.Test_UV_Unix.test_create_unix_server_path_stream_bittype":
-        "uvloop-only API: create_unix_server(cleanup_socket=True), a parameter "
-        "asyncio gained in 3.13; on 3.11 ferroloop takes 3.11's signature (TypeError)",
     # -- uvloop-only behaviour --------------------------------------------
     "test_context.Test_UV_Context.test_create_connection_protocol":
         "uvloop-only behaviour: uvloop runs a transport's protocol callbacks in the "
