@@ -152,14 +152,8 @@ if sys.version_info >= (3, 11) and ssl is not None:
         if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
             loop._ensure_fd_no_transport(rawsock)
         ssl_protocol = SSLProtocol(
-            loop,
-            protocol,
-            sslcontext,
-            waiter,
-            server_side,
-            server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            loop, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         loop._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
@@ -183,15 +177,8 @@ if sys.version_info >= (3, 11) and ssl is not None:
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = loop.create_future()
         ssl_protocol = SSLProtocol(
-            loop,
-            protocol,
-            sslcontext,
-            waiter,
-            server_side,
-            server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-            call_connection_made=False,
+            loop, protocol, sslcontext, waiter, server_side, server_hostname, call_connection_made=False,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         # Paused first, so that no data reaches the TLS protocol before its
         # connection_made().
