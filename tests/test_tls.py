@@ -336,3 +336,74 @@ def test_data_before_a_bare_tcp_eof_waits_for_resume_reading(loop_name: str) -> 
     received, lost = run_with_loop(LOOPS[loop_name], main())
     assert received == b"helloextra bytes"
     assert lost is None
+
+
+@needs_buffered_sslproto
+def test_a_tls_server_accepts_natively_in_the_servers_context() -> None:
+    """TLS servers take the native accept loop too: each connection's
+    protocol is made, and connection_made() runs, in a copy of the context
+    serving started in."""
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen: list[tuple[str, str]] = []
+
+    class Echo(asyncio.Protocol):
+        def __init__(self) -> None:
+            seen.append(("factory", request_id.get()))
+            request_id.set("changed by a connection")
+
+        def connection_made(self, transport: Any) -> None:
+            seen.append(("made", request_id.get()))
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+            self.transport.close()
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        request_id.set("server")
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_context())
+        request_id.set("after the server")
+        listening_fd = server.sockets[0].fileno()
+        assert listening_fd in loop._listeners  # type: ignore[attr-defined]
+        echoed = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(
+                *server.sockets[0].getsockname(), ssl=client_context(), server_hostname="localhost"
+            )
+            writer.write(b"ping")
+            echoed.append(await reader.read())
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return echoed
+
+    assert run_with_loop(ferroloop.new_event_loop, main()) == [b"ping", b"ping"]
+    assert seen == [("factory", "server"), ("made", "changed by a connection")] * 2
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_failed_server_handshake_is_dropped_and_reported_in_debug_mode(loop_name: str) -> None:
+    async def main() -> tuple[bytes, set[str]]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        reported: set[str] = set()
+        loop.set_exception_handler(lambda _loop, context: reported.add(context["message"]))
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_context())
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(b"GET / HTTP/1.0\r\n\r\n" * 20)  # not a TLS ClientHello
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        for _ in range(20):  # the report comes a callback or two later
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        loop.set_debug(False)
+        return answer, reported
+
+    answer, reported = run_with_loop(LOOPS[loop_name], main())
+    assert reported == {"Error on transport creation for incoming connection"}
+    assert b"HTTP" not in answer  # at most a TLS alert, then EOF

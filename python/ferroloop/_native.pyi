@@ -355,13 +355,20 @@ class StreamTransport:
 
 @final
 class Listener:
-    """The native accept loop of a plain TCP or Unix server: each readiness
-    of the listening socket accepts up to ``backlog`` connections, each
-    made into a ``StreamTransport`` with a protocol from
-    ``protocol_factory``, in a copy of the context at creation."""
+    """The native accept loop of a TCP or Unix server: each readiness of the
+    listening socket accepts up to ``backlog`` connections, each made into
+    a ``StreamTransport`` with a protocol from ``protocol_factory``, in a
+    copy of the context at creation. With ``wrap``, a TLS server's:
+    ``wrap(conn, protocol, extra)`` makes each connection's transport."""
 
     def __init__(
-        self, event_loop: LoopCore, sock: socket.socket, protocol_factory: Callable[[], Any], server: Any, backlog: int
+        self,
+        event_loop: LoopCore,
+        sock: socket.socket,
+        protocol_factory: Callable[[], Any],
+        server: Any,
+        backlog: int,
+        wrap: Optional[Callable[[socket.socket, Any, dict[str, Any]], Any]] = None,
     ) -> None: ...
     def start(self) -> None:
         """Start accepting (joins the loop's poller)."""

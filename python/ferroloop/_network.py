@@ -40,7 +40,7 @@ from ._native import (
 )
 from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
-from ._tls import make_ssl_transport
+from ._tls import accept_tls, make_ssl_transport
 from ._tls import start_tls as _start_tls
 
 if TYPE_CHECKING:
@@ -317,10 +317,11 @@ class NetworkMethods:
     _create_server_getaddrinfo = _borrow(_Base, "_create_server_getaddrinfo")
     _sendfile_fallback = _borrow(_Base, "_sendfile_fallback")
 
-    # Accepting: plain TCP and Unix servers accept natively (a Listener in
-    # the poller, src/server/listener.rs); TLS servers and other socket
-    # families take asyncio's readiness callback, which accepts up to
-    # `backlog` connections per readiness and survives EMFILE by pausing.
+    # Accepting: TCP and Unix servers accept natively (a Listener in the
+    # poller, src/server/listener.rs; for TLS from 3.11 on); TLS servers on
+    # 3.10 and other socket families take asyncio's readiness callback,
+    # which accepts up to `backlog` connections per readiness and survives
+    # EMFILE by pausing.
     _start_serving_by_callback = _borrow(_Selector, "_start_serving")
     _accept_connection = _borrow(_Selector, "_accept_connection")
     _accept_connection2 = _borrow(_Selector, "_accept_connection2")
@@ -334,10 +335,12 @@ class NetworkMethods:
         backlog: int = 100,
         *args: Any,
     ) -> None:
-        if sslcontext or sock.family not in _NATIVE_ACCEPT_FAMILIES:
+        if sock.family not in _NATIVE_ACCEPT_FAMILIES or (sslcontext and accept_tls is None):
             self._start_serving_by_callback(protocol_factory, sock, sslcontext, server, backlog, *args)
             return
-        listener = Listener(self, sock, protocol_factory, server, backlog)  # type: ignore[arg-type]  # a Loop is a LoopCore
+        # args: the server's TLS handshake and shutdown timeouts.
+        wrap = functools.partial(accept_tls, self, sslcontext, server, *args) if sslcontext else None
+        listener = Listener(self, sock, protocol_factory, server, backlog, wrap)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._listeners[sock.fileno()] = listener
         listener.start()
 

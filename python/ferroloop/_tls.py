@@ -23,9 +23,10 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
-from asyncio import base_events, constants, sslproto
+from asyncio import base_events, constants, exceptions, sslproto
 from typing import Any, Optional
 
 try:
@@ -158,6 +159,44 @@ if sys.version_info >= (3, 11) and ssl is not None:
         loop._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    def accept_tls(
+        loop: Any,
+        sslcontext: Any,
+        server: Any,
+        ssl_handshake_timeout: Optional[float],
+        ssl_shutdown_timeout: Optional[float],
+        conn: Any,
+        protocol: Any,
+        extra: dict[str, Any],
+    ) -> Any:
+        """A TLS server's accepted connection (the native accept loop's
+        ``wrap``): what asyncio's ``_accept_connection2`` does, with a
+        callback on the handshake where asyncio has a task wait for it."""
+        waiter = loop.create_future()
+        transport = loop._make_ssl_transport(
+            conn, protocol, sslcontext, waiter=waiter, server_side=True, extra=extra, server=server,
+            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        waiter.add_done_callback(functools.partial(_handshake_done, loop, protocol, transport))
+        return transport
+
+    def _handshake_done(loop: Any, protocol: Any, transport: Any, waiter: Any) -> None:
+        exc = exceptions.CancelledError() if waiter.cancelled() else waiter.exception()
+        if exc is None:
+            return
+        # As asyncio's: the connection is dropped, the error reported in
+        # debug mode only.
+        transport.close()
+        if loop.get_debug():
+            loop.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                    "protocol": protocol,
+                    "transport": transport,
+                }
+            )
+
     async def start_tls(
         loop: Any,
         transport: Any,
@@ -197,4 +236,5 @@ if sys.version_info >= (3, 11) and ssl is not None:
 
 else:
     make_ssl_transport = None  # type: ignore[assignment]
+    accept_tls = None  # type: ignore[assignment]
     start_tls = base_events.BaseEventLoop.start_tls  # type: ignore[assignment]

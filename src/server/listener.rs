@@ -1,10 +1,11 @@
-//! `Listener`: the accept loop of a plain (non-TLS) TCP or Unix server.
+//! `Listener`: the accept loop of a TCP or Unix server.
 //!
 //! The listening socket is owned by the poller (edge-triggered, like a
 //! stream transport's). Each readiness accepts up to `backlog` connections;
 //! for each, the protocol factory runs and the native stream transport is
 //! made right there, with no Python handle, task or coroutine per
-//! connection. As in asyncio, each connection runs in its own copy of the
+//! connection (a TLS server's `wrap` puts asyncio's SSLProtocol between
+//! them and watches the handshake). As in asyncio, each connection runs in its own copy of the
 //! context captured when serving started, and `connection_made` and the
 //! first read are scheduled callbacks of the loop.
 //!
@@ -26,7 +27,6 @@ use crate::event_loop::handles::{in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
 use crate::support::sync::lock;
 use crate::support::thread_exit;
-use crate::transports::stream::StreamTransport;
 use crate::transports::stream_setup::{make_stream_transport, wants_nodelay, Known};
 use crate::transports::sockaddr::{self, RawAddr};
 use crate::transports::socket_object;
@@ -65,6 +65,9 @@ pub struct Listener {
     fd: RawFd,
     event_loop: Py<LoopCore>,
     protocol_factory: Py<PyAny>,
+    /// For a TLS server, `wrap(conn, protocol, extra)` makes the connection's
+    /// transport (ferroloop._tls.accept_tls); None for a plain one.
+    wrap: Option<Py<PyAny>>,
     server: Py<PyAny>,
     backlog: usize,
     /// Copied at each connection, as asyncio's accept callback runs each
@@ -233,7 +236,7 @@ impl Listener {
         addr: Bound<'py, PyAny>,
         context: &Bound<'py, PyAny>,
         protocol_out: &mut Option<Bound<'py, PyAny>>,
-        transport_out: &mut Option<Bound<'py, StreamTransport>>,
+        transport_out: &mut Option<Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -243,10 +246,14 @@ impl Listener {
         extra.set_item(intern!(py, "peername"), addr)?;
         let server = this.server.bind(py);
         let known = Known { fd, tcp: this.nodelay };
+        if let Some(wrap) = &this.wrap {
+            *transport_out = Some(thread_exit::call(wrap.bind(py), (conn, &protocol, extra))?);
+            return Ok(());
+        }
         let event_loop = this.event_loop.bind(py);
         let transport =
             make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;
-        *transport_out = Some(transport);
+        *transport_out = Some(transport.into_any());
         Ok(())
     }
 }
@@ -254,12 +261,14 @@ impl Listener {
 #[pymethods]
 impl Listener {
     #[new]
+    #[pyo3(signature = (event_loop, sock, protocol_factory, server, backlog, wrap=None))]
     fn new(
         event_loop: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol_factory: &Bound<'_, PyAny>,
         server: &Bound<'_, PyAny>,
         backlog: usize,
+        wrap: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let py = sock.py();
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
@@ -274,6 +283,7 @@ impl Listener {
             fd,
             event_loop: event_loop.cast::<LoopCore>()?.clone().unbind(),
             protocol_factory: protocol_factory.clone().unbind(),
+            wrap: wrap.filter(|w| !w.is_none()).map(|w| w.clone().unbind()),
             server: server.clone().unbind(),
             // asyncio accepts at least one per readiness whatever it is given.
             backlog: backlog.max(1),
@@ -342,6 +352,9 @@ impl Listener {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.protocol_factory)?;
+        if let Some(wrap) = &self.wrap {
+            visit.call(wrap)?;
+        }
         visit.call(&self.server)?;
         visit.call(&self.context)?;
         if let Ok(st) = self.state.try_lock() {
