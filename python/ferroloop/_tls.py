@@ -40,7 +40,6 @@ _TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
 
 if sys.version_info >= (3, 11) and ssl is not None:
     _State = sslproto.SSLProtocolState
-    _READ_CHUNK = 256 * 1024
     _per_thread = threading.local()
     # typeshed declares the public surface only; the overrides below are of
     # the private methods of the class as each of 3.11-3.14 defines it.
@@ -129,7 +128,7 @@ if sys.version_info >= (3, 11) and ssl is not None:
             """Read what the peer sent before its close_notify, and drop it:
             unwrap() fails on application data it finds in the way."""
             try:
-                while self._sslobj.read(_READ_CHUNK):
+                while self._sslobj.read(self.max_size):
                     pass
             except sslproto.SSLAgainErrors:
                 pass

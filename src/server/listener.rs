@@ -5,9 +5,9 @@
 //! for each, the protocol factory runs and the native stream transport is
 //! made right there, with no Python handle, task or coroutine per
 //! connection (a TLS server's `wrap` puts asyncio's SSLProtocol between
-//! them and watches the handshake). As in asyncio, each connection runs in its own copy of the
-//! context captured when serving started, and `connection_made` and the
-//! first read are scheduled callbacks of the loop.
+//! them and watches the handshake). As in asyncio, each connection runs in
+//! its own copy of the context captured when serving started, and
+//! `connection_made` and the first read are scheduled callbacks of the loop.
 //!
 //! asyncio's `_accept_connection` semantics are kept: a burst is bounded by
 //! `backlog`; out of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the
@@ -244,12 +244,12 @@ impl Listener {
         *protocol_out = Some(protocol.clone());
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), addr)?;
-        let server = this.server.bind(py);
-        let known = Known { fd, tcp: this.nodelay };
         if let Some(wrap) = &this.wrap {
             *transport_out = Some(thread_exit::call(wrap.bind(py), (conn, &protocol, extra))?);
             return Ok(());
         }
+        let server = this.server.bind(py);
+        let known = Known { fd, tcp: this.nodelay };
         let event_loop = this.event_loop.bind(py);
         let transport =
             make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;
