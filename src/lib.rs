@@ -28,7 +28,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::transport_extra, m)?)?;
-    m.add_function(wrap_pyfunction!(transports::sockaddr::numeric_stream_address, m)?)?;
     m.add_function(wrap_pyfunction!(transports::sockaddr::numeric_tcp_target, m)?)?;
     m.add_function(wrap_pyfunction!(transports::socket_object::nonblocking_socket, m)?)?;
     #[cfg(target_os = "linux")]

@@ -382,14 +382,11 @@ def nonblocking_socket(family: int, type: int, proto: int) -> socket.socket:
     """``socket.socket(family, type, proto)``, non-blocking."""
     ...
 
-def numeric_stream_address(host: Any, port: Any) -> Optional[tuple[int, tuple[Any, ...]]]:
-    """The family and address asyncio's ``_ipaddr_info`` finds for a numeric
-    host (exact ``str``) and an exact ``int`` port; None otherwise."""
-    ...
-
 def numeric_tcp_target(args: tuple[Any, ...]) -> Optional[tuple[int, tuple[Any, ...], int, tuple[Any, ...]]]:
-    """``create_connection``'s direct path when ``args`` is ``(host, port)``
-    (numeric): ``(family, address, IPPROTO_TCP, args)``; None otherwise."""
+    """``create_connection``'s direct path when ``args`` is ``(host, port)``:
+    ``(family, address, IPPROTO_TCP, args)`` with the family and address
+    asyncio's ``_ipaddr_info`` finds for a numeric host (exact ``str``) and
+    an exact ``int`` port; None otherwise."""
     ...
 
 def transport_extra(sock: socket.socket, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:

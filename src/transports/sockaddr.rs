@@ -97,8 +97,7 @@ fn numeric_host(obj: &Bound<'_, PyAny>) -> Option<CString> {
 /// ASCII `str`, without a scope) and an exact `int` port: the family and
 /// the address to connect to, `(host, port)` or `(host, port, 0, 0)`.
 /// None for anything else, for which asyncio's own code decides.
-#[pyfunction]
-pub fn numeric_stream_address<'py>(
+fn numeric_stream_address<'py>(
     host: &Bound<'py, PyAny>,
     port: &Bound<'py, PyAny>,
 ) -> PyResult<Option<(libc::c_int, Bound<'py, PyTuple>)>> {
