@@ -264,6 +264,14 @@ else:
         f"{_asyncio_create_unix_server.__doc__} With ``cleanup_socket=True`` (3.13's "
         "default), closing the server unlinks the socket's path."
     )
+    # help() and IDEs show asyncio's parameters, and this one beside them.
+    _asyncio_unix_server_signature = inspect.signature(_asyncio_create_unix_server)
+    _create_unix_server.__signature__ = _asyncio_unix_server_signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            *_asyncio_unix_server_signature.parameters.values(),
+            inspect.Parameter("cleanup_socket", inspect.Parameter.KEYWORD_ONLY, default=False),
+        ]
+    )
 
 
 class NetworkMethods:
@@ -338,8 +346,10 @@ class NetworkMethods:
         if sock.family not in _NATIVE_ACCEPT_FAMILIES or (sslcontext and accept_tls is None):
             self._start_serving_by_callback(protocol_factory, sock, sslcontext, server, backlog, *args)
             return
-        # args: the server's TLS handshake and shutdown timeouts.
-        wrap = functools.partial(accept_tls, self, sslcontext, server, *args) if sslcontext else None
+        wrap: Optional[Callable[..., Any]] = None
+        if sslcontext and accept_tls is not None:
+            # args: the server's TLS handshake and shutdown timeouts.
+            wrap = functools.partial(accept_tls, self, sslcontext, server, *args)
         listener = Listener(self, sock, protocol_factory, server, backlog, wrap)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._listeners[sock.fileno()] = listener
         listener.start()
