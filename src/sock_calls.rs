@@ -10,6 +10,11 @@
 //! handle or closure in between. The registration ends with the call
 //! (completed, failed, cancelled or closed).
 //!
+//! A connect can also carry on as `create_connection` does once the socket
+//! is connected (`connect_stream`): it makes the protocol and the native
+//! stream transport, and returns `(transport, protocol)` once
+//! `connection_made` has run.
+//!
 //! Other socket types (subclasses, SSL sockets, look-alikes) and arguments
 //! the fast path does not handle go to the Python implementation in
 //! `ferroloop._sockets`, which looks each method up on the object as asyncio
@@ -24,7 +29,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::support::thread_exit;
@@ -33,6 +38,8 @@ use crate::event_loop::LoopCore;
 use crate::readiness::{Direction, Watcher};
 use crate::support::sync::lock;
 use crate::transports::read_bytes::{with_read_scratch, MAX_READ};
+use crate::transports::sockaddr::{self, RawAddr};
+use crate::transports::stream_setup::{make_stream_transport, Known};
 use crate::transports::syscalls::{self, os_error, Progress};
 
 extern "C" {
@@ -53,9 +60,10 @@ enum Operation {
     /// `recvfrom`, `sendto`, ...); `accept` also makes the new socket
     /// non-blocking, as asyncio's `sock_accept` does.
     Method { name: Py<PyString>, args: Py<PyTuple>, accept: bool },
-    /// `sock.connect(address)` for an address already resolved; once it is
-    /// under way, each retry reads `SO_ERROR`, as asyncio's callback does.
-    Connect { address: Py<PyAny>, started: bool },
+    /// `sock.connect(address)` for an address already resolved, as a direct
+    /// `connect(2)` when `raw` holds it in a plain form; once it is under
+    /// way, each retry reads `SO_ERROR`, as asyncio's callback does.
+    Connect { address: Py<PyAny>, raw: Option<RawAddr>, started: bool },
 }
 
 impl Operation {
@@ -75,6 +83,9 @@ enum Stage {
     Created,
     /// Registered with the poller until the future is settled.
     Waiting { future: Py<PyAny>, fd: RawFd },
+    /// `connect_stream` only: the transport is made and its
+    /// `connection_made` scheduled; the caller resumes after it.
+    Settling { transport: Py<PyAny>, protocol: Py<PyAny> },
     Finished,
 }
 
@@ -93,7 +104,15 @@ pub struct SockCall {
     /// asyncio's method name, for `__qualname__`, repr and warnings.
     name: &'static str,
     direction: Direction,
+    /// `connect_stream`'s set-up once connected.
+    stream_setup: Option<StreamSetup>,
     state: Mutex<CallState>,
+}
+
+/// What `connect_stream` makes once the socket is connected.
+struct StreamSetup {
+    protocol_factory: Py<PyAny>,
+    tcp: bool,
 }
 
 /// How one try ended.
@@ -104,6 +123,8 @@ enum Attempt {
 
 /// What a step hands back to whoever awaits the call.
 enum Step {
+    /// A future to wait on, or None: a bare yield, after which a Task
+    /// resumes the call one loop iteration later.
     Yield(Py<PyAny>),
     Return(Py<PyAny>),
 }
@@ -148,12 +169,14 @@ fn new_call(
     name: &'static str,
     direction: Direction,
     operation: Operation,
+    stream_setup: Option<StreamSetup>,
 ) -> PyResult<Py<PyAny>> {
     let call = SockCall {
         event_loop: slf.clone().unbind(),
         sock: sock.clone().unbind(),
         name,
         direction,
+        stream_setup,
         state: Mutex::new(CallState { operation: Some(operation), stage: Stage::Created }),
     };
     Ok(Py::new(slf.py(), call)?.into_any())
@@ -166,7 +189,7 @@ pub fn sock_recv(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, n: &Bound<'
     let size = size.and_then(|s| usize::try_from(s).ok());
     match size {
         Some(size) if is_plain_socket(sock)? => {
-            new_call(slf, sock, "sock_recv", Direction::Read, Operation::Recv { size })
+            new_call(slf, sock, "sock_recv", Direction::Read, Operation::Recv { size }, None)
         }
         _ => python_call(slf, "sock_recv", vec![sock.clone(), n.clone()]),
     }
@@ -176,7 +199,7 @@ pub fn sock_recv_into(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, buf: &
     let simple_buffer = buf.is_exact_instance_of::<PyByteArray>() || buf.is_exact_instance_of::<PyMemoryView>();
     if simple_buffer && is_plain_socket(sock)? {
         let operation = Operation::RecvInto { buffer: buf.clone().unbind() };
-        return new_call(slf, sock, "sock_recv_into", Direction::Read, operation);
+        return new_call(slf, sock, "sock_recv_into", Direction::Read, operation, None);
     }
     python_call(slf, "sock_recv_into", vec![sock.clone(), buf.clone()])
 }
@@ -187,7 +210,7 @@ pub fn sock_sendall(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &B
         || data.is_exact_instance_of::<PyMemoryView>();
     if simple_buffer && is_plain_socket(sock)? {
         let operation = Operation::SendAll { data: data.clone().unbind(), sent: 0 };
-        return new_call(slf, sock, "sock_sendall", Direction::Write, operation);
+        return new_call(slf, sock, "sock_sendall", Direction::Write, operation, None);
     }
     python_call(slf, "sock_sendall", vec![sock.clone(), data.clone()])
 }
@@ -224,14 +247,42 @@ pub fn sock_method(
         args: PyTuple::new(py, args)?.unbind(),
         accept: call.method == "accept",
     };
-    new_call(slf, sock, call.name, call.direction, operation)
+    new_call(slf, sock, call.name, call.direction, operation, None)
 }
 
 /// `sock_connect(sock, address)` with `address` resolved already (the
 /// Python method resolves it first), for a plain socket.
-pub fn sock_connect_resolved(slf: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let operation = Operation::Connect { address: address.clone().unbind(), started: false };
-    new_call(slf, sock, "sock_connect", Direction::Write, operation)
+pub fn sock_connect_resolved(
+    slf: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    address: &Bound<'_, PyAny>,
+    family: Option<libc::c_int>,
+) -> PyResult<Py<PyAny>> {
+    let raw = family.and_then(|family| sockaddr::to_raw(family, address));
+    let operation = Operation::Connect { address: address.clone().unbind(), raw, started: false };
+    new_call(slf, sock, "sock_connect", Direction::Write, operation, None)
+}
+
+/// `create_connection`'s steps for a new non-blocking socket of `family`
+/// and an address already resolved: the connect, then
+/// `protocol_factory()` and the stream transport, as asyncio's
+/// `_create_connection_transport` makes them without TLS. Awaited, it gives
+/// `(transport, protocol)`; a failed or cancelled connect closes the
+/// socket, a cancelled set-up the transport.
+pub fn connect_stream(
+    slf: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    address: &Bound<'_, PyAny>,
+    family: libc::c_int,
+    protocol_factory: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let raw = sockaddr::to_raw(family, address);
+    let operation = Operation::Connect { address: address.clone().unbind(), raw, started: false };
+    let setup = StreamSetup {
+        protocol_factory: protocol_factory.clone().unbind(),
+        tcp: family == libc::AF_INET || family == libc::AF_INET6,
+    };
+    new_call(slf, sock, "create_connection", Direction::Write, operation, Some(setup))
 }
 
 /// `sock_recvfrom_into(sock, buf, nbytes=0)`: as asyncio, a zero or missing
@@ -362,8 +413,16 @@ impl SockCall {
                 *sent = position;
                 Ok(if position >= total { Attempt::Done(py.None()) } else { Attempt::WouldBlock })
             }
-            Operation::Connect { address, started } => {
+            Operation::Connect { address, raw, started } => {
                 let address = address.bind(py);
+                if let (Some(raw), false) = (raw.as_ref(), *started) {
+                    *started = true;
+                    return match sockaddr::connect(fd, raw) {
+                        Ok(true) => Ok(Attempt::Done(py.None())),
+                        Ok(false) => Ok(Attempt::WouldBlock),
+                        Err(err) => Err(os_error(py, &err)),
+                    };
+                }
                 if !*started {
                     return match thread_exit::call_method(sock, intern!(py, "connect"), (address,)) {
                         Ok(_) => Ok(Attempt::Done(py.None())),
@@ -431,6 +490,19 @@ impl SockCall {
         let py = slf.py();
         let this = slf.get();
         let sock = this.sock.bind(py);
+        if this.stream_setup.is_some() {
+            // The caller made the socket, non-blocking.
+            let fd = this.fileno(py)?;
+            let attempt = this.attempt_unlocked(py, fd);
+            return match attempt {
+                Ok(Attempt::Done(_)) => Self::set_up_stream(slf, fd),
+                Ok(Attempt::WouldBlock) => Self::wait(slf, fd).inspect_err(|_| this.close_socket(py)),
+                Err(err) => {
+                    this.close_socket(py);
+                    Err(err)
+                }
+            };
+        }
         let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
         // ferroloop always refuses a blocking socket (asyncio only in debug
         // mode): it would stall the whole loop inside the syscall.
@@ -441,6 +513,32 @@ impl SockCall {
         match this.attempt_unlocked(py, fd)? {
             Attempt::Done(result) => Ok(Step::Return(result)),
             Attempt::WouldBlock => Self::wait(slf, fd),
+        }
+    }
+
+    /// `connect_stream`, connected: the protocol and its transport, which
+    /// schedules `connection_made`; the bare yield resumes the caller after
+    /// it, where asyncio's waiter would.
+    fn set_up_stream(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Step> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(setup) = this.stream_setup.as_ref() else {
+            return Err(PyRuntimeError::new_err("not a stream connect"));
+        };
+        let protocol = setup.protocol_factory.bind(py).call0()?;
+        let known = Known { fd, tcp: setup.tcp };
+        let info = PyDict::new(py);
+        let event_loop = this.event_loop.bind(py);
+        let transport =
+            make_stream_transport(event_loop, this.sock.bind(py), &protocol, None, info, None, None, Some(known))?;
+        lock(&this.state).stage = Stage::Settling { transport: transport.into_any().unbind(), protocol: protocol.unbind() };
+        Ok(Step::Yield(py.None()))
+    }
+
+    /// `connect_stream`'s clean-up of a connect that failed or was given up.
+    fn close_socket(&self, py: Python<'_>) {
+        if let Err(err) = self.sock.bind(py).call_method0(intern!(py, "close")) {
+            err.write_unraisable(py, Some(self.sock.bind(py)));
         }
     }
 
@@ -482,7 +580,7 @@ impl SockCall {
         let this = slf.get();
         let (future, fd) = match &lock(&this.state).stage {
             Stage::Waiting { future, fd } => (future.clone_ref(py), *fd),
-            Stage::Created | Stage::Finished => return Ok(()),
+            Stage::Created | Stage::Settling { .. } | Stage::Finished => return Ok(()),
         };
         let future = future.bind(py);
         if future.call_method0(intern!(py, "done"))?.is_truthy()? {
@@ -512,15 +610,34 @@ impl SockCall {
         let py = slf.py();
         let this = slf.get();
         let stage = std::mem::replace(&mut lock(&this.state).stage, Stage::Finished);
-        let Stage::Waiting { future, fd } = stage else {
-            return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
+        let (future, fd) = match stage {
+            Stage::Waiting { future, fd } => (future, fd),
+            Stage::Settling { transport, protocol } => {
+                return Ok(Step::Return(PyTuple::new(py, [transport, protocol])?.into_any().unbind()));
+            }
+            Stage::Created | Stage::Finished => {
+                return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
+            }
         };
         let future = future.bind(py);
         if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
             Self::unregister(slf, fd);
+            if this.stream_setup.is_some() {
+                this.close_socket(py);
+            }
             return Err(PyRuntimeError::new_err("await wasn't used with future"));
         }
-        Ok(Step::Return(future.call_method0(intern!(py, "result"))?.unbind()))
+        let result = future.call_method0(intern!(py, "result"));
+        if this.stream_setup.is_none() {
+            return Ok(Step::Return(result?.unbind()));
+        }
+        match result {
+            Ok(_) => Self::set_up_stream(slf, fd),
+            Err(err) => {
+                this.close_socket(py);
+                Err(err)
+            }
+        }
     }
 
     /// One step of the coroutine protocol: the future to wait on, or the
@@ -547,11 +664,26 @@ impl SockCall {
         }
     }
 
-    /// Ends the call early (`throw` or `close`): unregisters a wait.
+    /// Ends the call early (`throw` or `close`): unregisters a wait;
+    /// `connect_stream` closes its socket, or its transport once made, as
+    /// asyncio's coroutine does on any exception.
     fn abandon(slf: &Bound<'_, Self>) {
-        let stage = std::mem::replace(&mut lock(&slf.get().state).stage, Stage::Finished);
-        if let Stage::Waiting { fd, .. } = stage {
-            Self::unregister(slf, fd);
+        let py = slf.py();
+        let this = slf.get();
+        let stage = std::mem::replace(&mut lock(&this.state).stage, Stage::Finished);
+        match stage {
+            Stage::Waiting { fd, .. } => {
+                Self::unregister(slf, fd);
+                if this.stream_setup.is_some() {
+                    this.close_socket(py);
+                }
+            }
+            Stage::Settling { transport, .. } => {
+                if let Err(err) = transport.bind(py).call_method0(intern!(py, "close")) {
+                    err.write_unraisable(py, Some(transport.bind(py)));
+                }
+            }
+            Stage::Created | Stage::Finished => {}
         }
     }
 }
@@ -638,6 +770,7 @@ impl SockCall {
         let stage = match lock(&self.state).stage {
             Stage::Created => "created",
             Stage::Waiting { .. } => "waiting",
+            Stage::Settling { .. } => "connected",
             Stage::Finished => "finished",
         };
         format!("<ferroloop {} coroutine {}>", self.qualname(), stage)
@@ -646,13 +779,21 @@ impl SockCall {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.sock)?;
+        if let Some(setup) = &self.stream_setup {
+            visit.call(&setup.protocol_factory)?;
+        }
         // See HandleCore::traverse for why try_lock is enough.
         if let Ok(state) = self.state.try_lock() {
             if let Some(operation) = state.operation.as_ref() {
                 operation.visit(&visit)?;
             }
-            if let Stage::Waiting { future, .. } = &state.stage {
-                visit.call(future)?;
+            match &state.stage {
+                Stage::Waiting { future, .. } => visit.call(future)?,
+                Stage::Settling { transport, protocol } => {
+                    visit.call(transport)?;
+                    visit.call(protocol)?;
+                }
+                Stage::Created | Stage::Finished => {}
             }
         }
         Ok(())

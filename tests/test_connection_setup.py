@@ -155,6 +155,61 @@ def test_extra_info_names_are_the_sockets_own(family: str) -> None:
                 assert type(sockname) is type(own_sockname) and type(peername) is type(own_peername)
 
 
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_names_asked_for_after_close_are_those_of_the_connection(family: str) -> None:
+    """Extra info first asked for once both transports are closed (as a
+    connection_lost that logs the peer does): the names the connection had,
+    as asyncio reads them when the transport is made."""
+
+    async def main(path: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[asyncio.BaseTransport] = loop.create_future()
+        lost: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
+
+        class End(asyncio.Protocol):
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                if self.index == 1:
+                    accepted.set_result(transport)
+
+            def connection_lost(self, exc: BaseException | None) -> None:
+                lost[self.index].set_result(None)
+
+        if family == "tcp":
+            server = await loop.create_server(lambda: End(1), "127.0.0.1", 0)
+            listening = server.sockets[0].getsockname()
+            client, _ = await loop.create_connection(lambda: End(0), *listening)
+        else:
+            server = await loop.create_unix_server(lambda: End(1), path)
+            listening = path
+            client, _ = await loop.create_unix_connection(lambda: End(0), path)
+        server_side = await accepted
+        client.close()
+        server_side.close()
+        await asyncio.gather(*lost)
+        server.close()
+        await server.wait_closed()
+        return {
+            "client peer is the listener": client.get_extra_info("peername") == listening,
+            "server side's name is the listener's": server_side.get_extra_info("sockname") == listening,
+            "the ends name each other": client.get_extra_info("sockname") == server_side.get_extra_info("peername"),
+            "client sockname": type(client.get_extra_info("sockname")).__name__,
+            "socket": type(client.get_extra_info("socket")).__name__,
+            "socket closed": client.get_extra_info("socket").fileno(),
+            "missing": client.get_extra_info("no-such-key", "default"),
+        }
+
+    results = []
+    for factory in (asyncio.new_event_loop, ferroloop.new_event_loop):
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(run_with_loop(factory, main(os.path.join(tmp, "s"))))
+    assert results[1] == results[0]
+    assert results[0]["client peer is the listener"] and results[0]["the ends name each other"]
+    assert results[0]["socket"] == "TransportSocket" and results[0]["socket closed"] == -1
+
+
 def socket_state(sock: socket.socket) -> tuple[Any, ...]:
     return (type(sock), sock.family, sock.type, sock.proto, sock.gettimeout(), sock._io_refs, sock._closed)  # type: ignore[attr-defined]
 
@@ -298,3 +353,114 @@ def test_closing_a_unix_server_unlinks_its_path_as_cleanup_socket_says(cleanup_s
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "server.sock")
         assert run_with_loop(ferroloop.new_event_loop, main(path)) is not unlinked
+
+
+class Recorder(asyncio.Protocol):
+    """Notes its callbacks, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append("data")
+
+    def connection_lost(self, exc: Any) -> None:
+        self.events.append("lost")
+
+
+def unused_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def refused_connects() -> list[Any]:
+    """create_connection to a port nobody listens on, and with a protocol
+    factory that raises: the errors' types and texts."""
+    loop = asyncio.get_running_loop()
+    port = unused_tcp_port()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    open_port = server.sockets[0].getsockname()[1]
+
+    def failing_factory() -> asyncio.Protocol:
+        raise LookupError("no protocol today")
+
+    outcomes: list[Any] = []
+    for factory, target in ((Recorder, port), (failing_factory, open_port)):
+        try:
+            await loop.create_connection(factory, "127.0.0.1", target)
+        except Exception as exc:  # noqa: BLE001  # compared with asyncio's
+            outcomes.append((type(exc).__name__, str(exc).replace(str(target), "<port>")))
+    server.close()
+    await server.wait_closed()
+    return outcomes
+
+
+def test_failed_tcp_connects_raise_as_asyncios() -> None:
+    expected = run_with_loop(asyncio.SelectorEventLoop, refused_connects())
+    assert run_with_loop(ferroloop.new_event_loop, refused_connects()) == expected
+    assert expected[0][0] == "ConnectionRefusedError"
+    assert expected[1] == ("LookupError", "no protocol today")
+
+
+async def cancelled_connects(family: str, directory: str) -> list[tuple[str, list[str]]]:
+    """create_connection (or create_unix_connection) cancelled after 0 to
+    11 loop iterations: how each ended and what its protocol saw."""
+    loop = asyncio.get_running_loop()
+    if family == "unix":
+        path = os.path.join(directory, "s")
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+    else:
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+    outcomes = []
+    for iterations in range(12):
+        protocol = Recorder()
+        if family == "unix":
+            task = asyncio.ensure_future(loop.create_unix_connection(lambda: protocol, path))
+        else:
+            task = asyncio.ensure_future(loop.create_connection(lambda: protocol, "127.0.0.1", port))
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            transport, _ = await task
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        else:
+            outcome = "connected"
+            transport.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        outcomes.append((outcome, protocol.events))
+    server.close()
+    await server.wait_closed()
+    return outcomes
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_cancelled_connect_closes_what_it_made(family: str) -> None:
+    """Cancelled while connecting, the socket is closed (no ResourceWarning
+    when it is collected); cancelled once the protocol has its transport,
+    the transport is closed (connection_lost follows connection_made);
+    never a protocol left half-told."""
+    import gc
+    import warnings
+
+    for factory in (asyncio.SelectorEventLoop, ferroloop.new_event_loop):
+        with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            outcomes = run_with_loop(factory, cancelled_connects(family, directory))
+            gc.collect()
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)] == [], factory
+        for outcome, events in outcomes:
+            assert events in ([], ["made", "lost"]), (factory, outcomes)
+        # Cancelled at once: nothing made. Late enough: connected.
+        assert outcomes[0] == ("cancelled", []), (factory, outcomes)
+        assert outcomes[-1] == ("connected", ["made", "lost"]), (factory, outcomes)
+        # A cancel that lands between connection_made and the caller's
+        # resumption closes the transport.
+        assert ("cancelled", ["made", "lost"]) in outcomes, (factory, outcomes)

@@ -187,7 +187,12 @@ class LoopCore:
         size): ``(nbytes_received, address)``."""
     def sock_sendto(self, sock: socket.socket, data: ReadableBuffer, address: _Address) -> Coroutine[Any, Any, int]:
         """Send a datagram to ``address``; returns the number of bytes sent."""
-    def _sock_connect_resolved(self, sock: socket.socket, address: _Address) -> Coroutine[Any, Any, None]: ...
+    def _connect_stream(
+        self, sock: socket.socket, address: _Address, family: int, protocol_factory: Callable[[], BaseProtocol]
+    ) -> Coroutine[Any, Any, tuple[Any, BaseProtocol]]: ...
+    def _sock_connect_resolved(
+        self, sock: socket.socket, address: _Address, family: Optional[int] = None
+    ) -> Coroutine[Any, Any, None]: ...
     # The keyword arguments are passed on to the task factory or to
     # asyncio.Task, so the runtime accepts what typeshed lists per version.
     if sys.version_info >= (3, 13):

@@ -192,24 +192,15 @@ def _with_direct_path(
             return await asyncio_method(self, protocol_factory, *args, **options)
         family, address, proto, logged_as = target
         sock = nonblocking_socket(family, socket.SOCK_STREAM, proto)
-        try:
-            await self._sock_connect_resolved(sock, address)
-        except BaseException:
-            sock.close()
-            raise
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter)
-        try:
-            await waiter
-        except:  # noqa: E722  # as asyncio's: close on anything, then re-raise
-            transport.close()
-            raise
+        # Closes the socket (or the transport) itself if the connect fails
+        # or the caller gives up, as asyncio's coroutine does.
+        connected = await self._connect_stream(sock, address, family, protocol_factory)
         if logged_as is not None and self._debug:
+            transport, protocol = connected
             logger.debug(
                 "%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), *logged_as, transport, protocol
             )
-        return transport, protocol
+        return connected
 
     return connect
 

@@ -41,7 +41,7 @@ class SocketLoop(Protocol):
     def _remove_writer(self, fd: int) -> bool: ...
     def _ensure_fd_no_transport(self, fd: Any) -> None: ...
     def _ensure_resolved(self, address: Any, *, family: int, type: int, proto: int, loop: Any) -> Awaitable[Any]: ...
-    def _sock_connect_resolved(self, sock: socket.socket, address: Any) -> Awaitable[None]: ...
+    def _sock_connect_resolved(self, sock: socket.socket, address: Any, family: Optional[int] = None) -> Awaitable[None]: ...
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
@@ -156,7 +156,10 @@ async def connect(loop: SocketLoop, sock: socket.socket, address: Any) -> None:
     check_socket(loop, sock)
     address = await resolve(loop, sock, address)
     if type(sock) is socket.socket:
-        await loop._sock_connect_resolved(sock, address)
+        # A socket with a timeout connects as socket.connect does (waiting
+        # up to the timeout); a non-blocking one connects natively.
+        family = sock.family if sock.gettimeout() == 0 else None
+        await loop._sock_connect_resolved(sock, address, family)
         return
     sock.fileno()  # asyncio asks for the fd before it connects
     try:

@@ -764,8 +764,29 @@ impl LoopCore {
 
     /// `sock_connect` once the address is resolved: connects, waiting for
     /// the connection to complete.
-    fn _sock_connect_resolved(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        sock_calls::sock_connect_resolved(slf, sock, address)
+    /// With `family` (the socket's, for a non-blocking socket) a plain
+    /// address is connected to directly; without, through `sock.connect`.
+    #[pyo3(signature = (sock, address, family=None))]
+    fn _sock_connect_resolved(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+        family: Option<libc::c_int>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_calls::sock_connect_resolved(slf, sock, address, family)
+    }
+
+    /// `create_connection` for a new non-blocking socket of `family` and a
+    /// resolved address: connects, then makes the protocol and the stream
+    /// transport; awaited, gives `(transport, protocol)`.
+    fn _connect_stream(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+        family: libc::c_int,
+        protocol_factory: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        sock_calls::connect_stream(slf, sock, address, family, protocol_factory)
     }
 
     /// Receives a datagram of up to `bufsize` bytes: `(data, address)`.

@@ -376,6 +376,25 @@ pub fn accept(fd: RawFd, peer: &mut RawAddr) -> io::Result<RawFd> {
     Ok(accepted)
 }
 
+/// One non-blocking `connect` to `to`: Ok(true) when connected at once,
+/// Ok(false) when the connection is under way (the errors for which
+/// `socket.connect` raises BlockingIOError or InterruptedError, which
+/// asyncio waits out for writability).
+pub fn connect(fd: RawFd, to: &RawAddr) -> io::Result<bool> {
+    // SAFETY: `to` holds an address of `to.len` bytes during the call; an
+    // invalid fd only makes connect fail.
+    if unsafe { libc::connect(fd, to.as_ptr(), to.len) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINPROGRESS | libc::EALREADY | libc::EAGAIN | libc::EINTR) => Ok(false),
+        #[allow(unreachable_patterns)] // EWOULDBLOCK == EAGAIN on Linux
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Which of a socket's two names `name_of` reads.
 #[derive(Clone, Copy)]
 pub enum Side {

@@ -29,6 +29,7 @@ use super::read_bytes::{with_read_scratch, Received};
 use super::syscalls::{self, os_error, Progress};
 use super::write_buffer::WriteBuffer;
 use super::shared::{report_to_loop, tell_protocol, water_marks, DEFAULT_HIGH_WATER};
+use super::stream_setup::DeferredInfo;
 use super::Attached;
 use crate::support::thread_exit;
 use crate::support::buffers::{with_bytes, with_writable_bytes};
@@ -143,6 +144,8 @@ pub struct StreamTransport {
     fd: RawFd,
     event_loop: Py<LoopCore>,
     extra: Py<PyDict>,
+    /// Extra info made into objects on first `get_extra_info`.
+    deferred_info: Mutex<DeferredInfo>,
     /// A copy of the context the transport was made in: the protocol's
     /// callbacks from reads and writes run in it.
     context: Py<PyAny>,
@@ -608,7 +611,8 @@ impl StreamTransport {
             return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
         }
         let context = copy_current_context(py)?;
-        Self::build(py, event_loop, fd, sock, protocol, extra, server.filter(|s| !s.is_none()), context)
+        let deferred = DeferredInfo::default();
+        Self::build(py, event_loop, fd, sock, protocol, extra, deferred, server.filter(|s| !s.is_none()), context)
     }
 
     /// Registers the socket with the loop's poller (once, for good).
@@ -806,10 +810,15 @@ impl StreamTransport {
 
     #[pyo3(signature = (name, default=None))]
     fn get_extra_info<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, default: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
-            Some(value) => Ok(value),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        let extra = self.extra.bind(py);
+        if let Some(value) = extra.get_item(name)? {
+            return Ok(value);
         }
+        if let Some(value) = DeferredInfo::resolve(&self.deferred_info, name)? {
+            extra.set_item(name, &value)?;
+            return Ok(value);
+        }
+        Ok(default.unwrap_or_else(|| py.None().into_bound(py)))
     }
 
     fn is_reading(&self) -> bool {
@@ -1010,6 +1019,7 @@ impl StreamTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
+        DeferredInfo::traverse(&self.deferred_info, &visit)?;
         visit.call(&self.context)?;
         // try_lock: the collector can run while the loop thread holds the
         // lock; skipping a visit only keeps objects alive longer.
@@ -1049,6 +1059,7 @@ impl StreamTransport {
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         extra: &Bound<'_, PyDict>,
+        deferred_info: DeferredInfo,
         server: Option<&Bound<'_, PyAny>>,
         context: Py<PyAny>,
     ) -> PyResult<Self> {
@@ -1079,7 +1090,14 @@ impl StreamTransport {
             empty_waiter: None,
         };
         Self::set_protocol_locked(py, &mut state, protocol)?;
-        Ok(Self { fd, event_loop, extra: extra.clone().unbind(), context, state: Mutex::new(state) })
+        Ok(Self {
+            fd,
+            event_loop,
+            extra: extra.clone().unbind(),
+            deferred_info: Mutex::new(deferred_info),
+            context,
+            state: Mutex::new(state),
+        })
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {

@@ -2,18 +2,25 @@
 //! `_make_socket_transport`, with the extra info asyncio's
 //! `_SelectorTransport` collects, TCP_NODELAY, and the callbacks it
 //! schedules (`connection_made`, the first read, the waiter).
+//!
+//! The socket's names are read when the transport is made, as asyncio
+//! reads them, but a plain socket's are made into Python objects (and the
+//! socket into a `TransportSocket`) only when `get_extra_info` first asks
+//! for them: most protocols never do.
 
 use std::os::fd::RawFd;
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::intern;
 
-use super::sockaddr::{self, Side};
+use super::sockaddr::{self, RawAddr, Side};
 use super::socket_object;
 use super::stream::StreamTransport;
 use crate::event_loop::{copy_current_context, LoopCore};
+use crate::support::sync::lock;
 
 struct Refs {
     transport_socket: Py<PyAny>,
@@ -130,6 +137,103 @@ fn name<'py>(sock: &Bound<'py, PyAny>, fd: Option<RawFd>, side: Side) -> PyResul
     name_or_none(sock, method)
 }
 
+/// A stream transport's extra info not made into Python objects yet.
+#[derive(Default)]
+pub(crate) struct DeferredInfo {
+    /// `'socket'`: the socket, to be wrapped in a `TransportSocket`.
+    socket: Option<Py<PyAny>>,
+    /// `'sockname'` and `'peername'` as read at set-up; Some(None): the
+    /// socket had none.
+    sockname: Option<Option<RawAddr>>,
+    peername: Option<Option<RawAddr>>,
+}
+
+enum Deferred {
+    Socket(Py<PyAny>),
+    Name(Option<RawAddr>),
+}
+
+impl DeferredInfo {
+    /// The value of the extra info `name` if it is deferred here (made
+    /// now, and no longer deferred), else None.
+    pub(crate) fn resolve<'py>(deferred: &Mutex<Self>, name: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = name.py();
+        let Ok(key) = name.cast::<PyString>() else {
+            return Ok(None);
+        };
+        let Ok(key) = key.to_str() else {
+            return Ok(None);
+        };
+        // Taken out under the lock; made into objects after it is released.
+        let taken = {
+            let mut info = lock(deferred);
+            match key {
+                "socket" => info.socket.take().map(Deferred::Socket),
+                "sockname" => info.sockname.take().map(Deferred::Name),
+                "peername" => info.peername.take().map(Deferred::Name),
+                _ => None,
+            }
+        };
+        match taken {
+            None => Ok(None),
+            Some(Deferred::Socket(sock)) => Ok(Some(refs(py)?.transport_socket.bind(py).call1((sock,))?)),
+            Some(Deferred::Name(Some(raw))) => Ok(Some(sockaddr::to_object(py, &raw)?)),
+            Some(Deferred::Name(None)) => Ok(Some(py.None().into_bound(py))),
+        }
+    }
+
+    pub(crate) fn traverse(deferred: &Mutex<Self>, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Ok(info) = deferred.try_lock() {
+            if let Some(sock) = &info.socket {
+                visit.call(sock)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plain socket's name or its peer's, read natively, when it is of a
+/// family `to_object` converts as the socket module would: Some(None) when
+/// it has none. None: the socket's own method has to be asked.
+fn raw_name(sock: &Bound<'_, PyAny>, fd: RawFd, side: Side) -> PyResult<Option<Option<RawAddr>>> {
+    if !socket_object::is_plain_socket(sock)? {
+        return Ok(None);
+    }
+    Ok(match sockaddr::name_of(fd, side) {
+        Ok(raw) if raw.is_common_family() => Some(Some(raw)),
+        Ok(_) => None,
+        Err(_) => Some(None),
+    })
+}
+
+/// asyncio's `_SelectorTransport` extra info for a stream transport: what
+/// can be deferred goes into the returned `DeferredInfo`, the rest into
+/// `info` (whose own `'socket'` and `'sockname'` give way, as
+/// `add_socket_info` overwrites them).
+fn defer_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<DeferredInfo> {
+    let py = sock.py();
+    let mut deferred = DeferredInfo { socket: Some(sock.clone().unbind()), ..DeferredInfo::default() };
+    let given = !info.is_empty();
+    if given {
+        for key in [intern!(py, "socket"), intern!(py, "sockname")] {
+            if info.contains(key)? {
+                info.del_item(key)?;
+            }
+        }
+    }
+    match raw_name(sock, fd, Side::Local)? {
+        Some(raw) => deferred.sockname = Some(raw),
+        None => info.set_item(intern!(py, "sockname"), name(sock, Some(fd), Side::Local)?)?,
+    }
+    if !(given && info.contains(intern!(py, "peername"))?) {
+        match raw_name(sock, fd, Side::Peer)? {
+            Some(raw) => deferred.peername = Some(raw),
+            None => info.set_item(intern!(py, "peername"), name(sock, Some(fd), Side::Peer)?)?,
+        }
+    }
+    Ok(deferred)
+}
+
 /// asyncio's `_SelectorTransport` extra info, added to `info`: the socket
 /// (as a `TransportSocket`), its name, and its peer's unless `info` has it.
 fn add_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>, fd: Option<RawFd>) -> PyResult<()> {
@@ -205,13 +309,13 @@ pub(crate) fn make_stream_transport<'py>(
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    add_socket_info(&info, sock, Some(fd))?;
+    let deferred = defer_socket_info(&info, sock, fd)?;
     let context = match context {
         Some(context) => context.clone().unbind(),
         None => copy_current_context(py)?,
     };
     let server = server.filter(|s| !s.is_none());
-    let built = StreamTransport::build(py, event_loop.clone().unbind(), fd, sock, protocol, &info, server, context)?;
+    let built = StreamTransport::build(py, event_loop.clone().unbind(), fd, sock, protocol, &info, deferred, server, context)?;
     let transport = Bound::new(py, built)?;
     if let Some(server) = server {
         if refs.attach_takes_transport {
