@@ -526,7 +526,7 @@ impl SockCall {
             return Err(PyRuntimeError::new_err("not a stream connect"));
         };
         let protocol = setup.protocol_factory.bind(py).call0()?;
-        let known = Known { fd, tcp: setup.tcp };
+        let known = Known { fd, tcp: setup.tcp, peer: None };
         let info = PyDict::new(py);
         let event_loop = this.event_loop.bind(py);
         let transport =

@@ -464,3 +464,44 @@ def test_a_cancelled_connect_closes_what_it_made(family: str) -> None:
         # A cancel that lands between connection_made and the caller's
         # resumption closes the transport.
         assert ("cancelled", ["made", "lost"]) in outcomes, (factory, outcomes)
+
+
+async def serving_count_and_wait_closed() -> list[Any]:
+    """A server's count of the connections it serves, as connections come
+    and go, and when wait_closed() finishes once the server is closed."""
+    loop = asyncio.get_running_loop()
+    server_sides: list[asyncio.BaseTransport] = []
+
+    class End(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            server_sides.append(transport)
+
+    def serving() -> int:
+        count = getattr(server, "_active_count", None)
+        return count if count is not None else len(server._clients)  # type: ignore[attr-defined]
+
+    server = await loop.create_server(End, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = [(await loop.create_connection(asyncio.Protocol, "127.0.0.1", port))[0] for _ in range(3)]
+    while len(server_sides) < 3:
+        await asyncio.sleep(0.01)
+    seen: list[Any] = [serving()]
+    server.close()
+    closed = asyncio.ensure_future(server.wait_closed())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    seen.append(("after close", serving(), closed.done()))
+    for client, server_side in zip(clients, server_sides):
+        client.close()
+        server_side.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        seen.append((serving(), closed.done()))
+    await asyncio.wait_for(closed, 5)
+    return seen
+
+
+def test_a_server_counts_its_connections_as_asyncios() -> None:
+    expected = run_with_loop(asyncio.SelectorEventLoop, serving_count_and_wait_closed())
+    assert run_with_loop(ferroloop.new_event_loop, serving_count_and_wait_closed()) == expected
+    assert expected[0] == 3 and expected[-1] == (0, True)

@@ -167,14 +167,13 @@ impl Listener {
         let this = slf.get();
         let refs = refs(py)?;
         let made = (|| {
-            let addr = sockaddr::to_object(py, peer)?;
             let conn = socket_object::new_socket(py, this.family, this.sock_type, this.proto, Some(fd))?;
             // The fd is non-blocking already; this makes the socket object
             // agree (its timeout says blocking until told).
             conn.call_method1(intern!(py, "setblocking"), (false,))?;
-            Ok((addr, conn))
+            Ok(conn)
         })();
-        let (addr, conn) = match made {
+        let conn = match made {
             Ok(made) => made,
             Err(err) => {
                 // SAFETY: `fd` came from accept4 and no socket object owns
@@ -187,7 +186,7 @@ impl Listener {
         if event_loop.get().debug_enabled() {
             refs.logger.bind(py).call_method1(
                 intern!(py, "debug"),
-                ("%r got a new connection from %r: %r", this.server.bind(py), &addr, &conn),
+                ("%r got a new connection from %r: %r", this.server.bind(py), sockaddr::to_object(py, peer)?, &conn),
             )?;
         }
         // SAFETY: attached; `this.context` is a Context. PyContext_Copy
@@ -198,7 +197,7 @@ impl Listener {
         let mut protocol = None;
         let mut transport = None;
         let outcome = in_context(py, &context, || {
-            Self::connect(slf, fd, &conn, addr, &context, &mut protocol, &mut transport)
+            Self::connect(slf, fd, &conn, peer, &context, &mut protocol, &mut transport)
         })?;
         let Err(err) = outcome else { return Ok(()) };
         // As asyncio's failed set-up: the connection is dropped, and the
@@ -233,7 +232,7 @@ impl Listener {
         slf: &Bound<'py, Self>,
         fd: RawFd,
         conn: &Bound<'py, PyAny>,
-        addr: Bound<'py, PyAny>,
+        peer: &RawAddr,
         context: &Bound<'py, PyAny>,
         protocol_out: &mut Option<Bound<'py, PyAny>>,
         transport_out: &mut Option<Bound<'py, PyAny>>,
@@ -243,13 +242,14 @@ impl Listener {
         let protocol = thread_exit::call(this.protocol_factory.bind(py), ())?;
         *protocol_out = Some(protocol.clone());
         let extra = PyDict::new(py);
-        extra.set_item(intern!(py, "peername"), addr)?;
         if let Some(wrap) = &this.wrap {
+            extra.set_item(intern!(py, "peername"), sockaddr::to_object(py, peer)?)?;
             *transport_out = Some(thread_exit::call(wrap.bind(py), (conn, &protocol, extra))?);
             return Ok(());
         }
         let server = this.server.bind(py);
-        let known = Known { fd, tcp: this.nodelay };
+        // The peer is the address accept gave, as asyncio's `peername`.
+        let known = Known { fd, tcp: this.nodelay, peer: Some(*peer) };
         let event_loop = this.event_loop.bind(py);
         let transport =
             make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;

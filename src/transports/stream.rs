@@ -570,11 +570,7 @@ impl StreamTransport {
 
     fn detach_from_server(py: Python<'_>, slf: &Bound<'_, Self>, server: Option<Py<PyAny>>) -> PyResult<()> {
         if let Some(server) = server {
-            if refs(py)?.server_detach_takes_transport {
-                server.bind(py).call_method1(intern!(py, "_detach"), (slf,))?;
-            } else {
-                server.bind(py).call_method0(intern!(py, "_detach"))?;
-            }
+            crate::server::connections::detach(server.bind(py), slf.as_any())?;
         }
         Ok(())
     }

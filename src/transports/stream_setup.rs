@@ -28,8 +28,6 @@ struct Refs {
     /// `ferroloop._network._set_nodelay`, for the exact error of a socket
     /// whose options cannot be read.
     set_nodelay: Py<PyAny>,
-    /// `Server._attach()` takes the transport since 3.13.
-    attach_takes_transport: bool,
     /// Since 3.12 a socket another open transport owns is refused.
     refuse_owned_sockets: bool,
 }
@@ -42,7 +40,6 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             set_result_unless_cancelled: py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?.unbind(),
             set_nodelay: py.import("ferroloop._network")?.getattr("_set_nodelay")?.unbind(),
-            attach_takes_transport: py.version_info() >= (3, 13),
             refuse_owned_sockets: py.version_info() >= (3, 12),
         })
     })
@@ -210,7 +207,12 @@ fn raw_name(sock: &Bound<'_, PyAny>, fd: RawFd, side: Side) -> PyResult<Option<O
 /// can be deferred goes into the returned `DeferredInfo`, the rest into
 /// `info` (whose own `'socket'` and `'sockname'` give way, as
 /// `add_socket_info` overwrites them).
-fn defer_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<DeferredInfo> {
+fn defer_socket_info(
+    info: &Bound<'_, PyDict>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    peer: Option<RawAddr>,
+) -> PyResult<DeferredInfo> {
     let py = sock.py();
     let mut deferred = DeferredInfo { socket: Some(sock.clone().unbind()), ..DeferredInfo::default() };
     let given = !info.is_empty();
@@ -225,7 +227,9 @@ fn defer_socket_info(info: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>, fd: RawF
         Some(raw) => deferred.sockname = Some(raw),
         None => info.set_item(intern!(py, "sockname"), name(sock, Some(fd), Side::Local)?)?,
     }
-    if !(given && info.contains(intern!(py, "peername"))?) {
+    if let Some(peer) = peer {
+        deferred.peername = Some(Some(peer));
+    } else if !(given && info.contains(intern!(py, "peername"))?) {
         match raw_name(sock, fd, Side::Peer)? {
             Some(raw) => deferred.peername = Some(raw),
             None => info.set_item(intern!(py, "peername"), name(sock, Some(fd), Side::Peer)?)?,
@@ -264,6 +268,8 @@ pub fn transport_extra<'py>(sock: &Bound<'py, PyAny>, extra: Option<&Bound<'py, 
 pub(crate) struct Known {
     pub fd: RawFd,
     pub tcp: bool,
+    /// The peer's address as accept gave it, for `peername`.
+    pub peer: Option<RawAddr>,
 }
 
 /// asyncio's `_make_socket_transport(sock, protocol, waiter, extra=,
@@ -288,6 +294,7 @@ pub(crate) fn make_stream_transport<'py>(
         Some(known) => known.fd,
         None => sock.call_method0(intern!(py, "fileno"))?.extract()?,
     };
+    let peer = known.as_ref().and_then(|known| known.peer);
     match known {
         Some(known) => {
             if known.tcp {
@@ -309,7 +316,7 @@ pub(crate) fn make_stream_transport<'py>(
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    let deferred = defer_socket_info(&info, sock, fd)?;
+    let deferred = defer_socket_info(&info, sock, fd, peer)?;
     let context = match context {
         Some(context) => context.clone().unbind(),
         None => copy_current_context(py)?,
@@ -318,11 +325,7 @@ pub(crate) fn make_stream_transport<'py>(
     let built = StreamTransport::build(py, event_loop.clone().unbind(), fd, sock, protocol, &info, deferred, server, context)?;
     let transport = Bound::new(py, built)?;
     if let Some(server) = server {
-        if refs.attach_takes_transport {
-            server.call_method1(intern!(py, "_attach"), (&transport,))?;
-        } else {
-            server.call_method0(intern!(py, "_attach"))?;
-        }
+        crate::server::connections::attach(server, transport.as_any())?;
     }
     core.register_transport(py, fd, transport.as_any())?;
     LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, None)?;
