@@ -505,3 +505,39 @@ def test_a_server_counts_its_connections_as_asyncios() -> None:
     expected = run_with_loop(asyncio.SelectorEventLoop, serving_count_and_wait_closed())
     assert run_with_loop(ferroloop.new_event_loop, serving_count_and_wait_closed()) == expected
     assert expected[0] == 3 and expected[-1] == (0, True)
+
+
+async def events_when_connected(family: str, directory: str) -> list[list[str]]:
+    """What the protocol has seen when create_connection (or
+    create_unix_connection) returns, from a server that writes at once."""
+    loop = asyncio.get_running_loop()
+
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.write(b"hello")
+
+    if family == "unix":
+        path = os.path.join(directory, "s")
+        server = await loop.create_unix_server(Greeter, path)
+    else:
+        server = await loop.create_server(Greeter, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+    seen = []
+    for _ in range(20):
+        protocol = Recorder()
+        if family == "unix":
+            transport, _ = await loop.create_unix_connection(lambda: protocol, path)
+        else:
+            transport, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+        seen.append(list(protocol.events))
+        transport.close()
+    server.close()
+    await server.wait_closed()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_create_connection_returns_after_connection_made_and_before_data(family: str) -> None:
+    for factory in (asyncio.SelectorEventLoop, ferroloop.new_event_loop):
+        with tempfile.TemporaryDirectory() as directory:
+            assert run_with_loop(factory, events_when_connected(family, directory)) == [["made"]] * 20, factory
