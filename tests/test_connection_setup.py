@@ -515,6 +515,7 @@ async def events_when_connected(family: str, directory: str) -> list[list[str]]:
     class Greeter(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             transport.write(b"hello")
+            transport.close()
 
     if family == "unix":
         path = os.path.join(directory, "s")
@@ -531,6 +532,8 @@ async def events_when_connected(family: str, directory: str) -> list[list[str]]:
             transport, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
         seen.append(list(protocol.events))
         transport.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
     server.close()
     await server.wait_closed()
     return seen
