@@ -155,6 +155,21 @@ def test_extra_info_names_are_the_sockets_own(family: str) -> None:
                 assert type(sockname) is type(own_sockname) and type(peername) is type(own_peername)
 
 
+class End(asyncio.Protocol):
+    """One end of a connection: the server's (index 1) hands over its
+    transport; each end says when it is lost."""
+
+    def __init__(self, index: int, accepted: "asyncio.Future[Any]", lost: "list[asyncio.Future[None]]") -> None:
+        self.index, self.accepted, self.lost = index, accepted, lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.index == 1:
+            self.accepted.set_result(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost[self.index].set_result(None)
+
+
 @pytest.mark.parametrize("family", ["tcp", "unix"])
 def test_names_asked_for_after_close_are_those_of_the_connection(family: str) -> None:
     """Extra info first asked for once both transports are closed (as a
@@ -166,25 +181,14 @@ def test_names_asked_for_after_close_are_those_of_the_connection(family: str) ->
         accepted: asyncio.Future[asyncio.BaseTransport] = loop.create_future()
         lost: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
 
-        class End(asyncio.Protocol):
-            def __init__(self, index: int) -> None:
-                self.index = index
-
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                if self.index == 1:
-                    accepted.set_result(transport)
-
-            def connection_lost(self, exc: BaseException | None) -> None:
-                lost[self.index].set_result(None)
-
         if family == "tcp":
-            server = await loop.create_server(lambda: End(1), "127.0.0.1", 0)
+            server = await loop.create_server(lambda: End(1, accepted, lost), "127.0.0.1", 0)
             listening = server.sockets[0].getsockname()
-            client, _ = await loop.create_connection(lambda: End(0), *listening)
+            client, _ = await loop.create_connection(lambda: End(0, accepted, lost), *listening)
         else:
-            server = await loop.create_unix_server(lambda: End(1), path)
+            server = await loop.create_unix_server(lambda: End(1, accepted, lost), path)
             listening = path
-            client, _ = await loop.create_unix_connection(lambda: End(0), path)
+            client, _ = await loop.create_unix_connection(lambda: End(0, accepted, lost), path)
         server_side = await accepted
         client.close()
         server_side.close()
@@ -221,19 +225,8 @@ async def connect_and_close() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     accepted: asyncio.Future[asyncio.BaseTransport] = loop.create_future()
     lost: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
 
-    class End(asyncio.Protocol):
-        def __init__(self, index: int) -> None:
-            self.index = index
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            if self.index == 1:
-                accepted.set_result(transport)
-
-        def connection_lost(self, exc: BaseException | None) -> None:
-            lost[self.index].set_result(None)
-
-    server = await loop.create_server(lambda: End(1), "127.0.0.1", 0)
-    client, _ = await loop.create_connection(lambda: End(0), "127.0.0.1", server.sockets[0].getsockname()[1])
+    server = await loop.create_server(lambda: End(1, accepted, lost), "127.0.0.1", 0)
+    client, _ = await loop.create_connection(lambda: End(0, accepted, lost), "127.0.0.1", server.sockets[0].getsockname()[1])
     server_side = await accepted
     socks = [t.get_extra_info("socket")._sock for t in (client, server_side)]  # type: ignore[attr-defined]
     made = [socket_state(s) for s in socks]
@@ -472,7 +465,7 @@ async def serving_count_and_wait_closed() -> list[Any]:
     loop = asyncio.get_running_loop()
     server_sides: list[asyncio.BaseTransport] = []
 
-    class End(asyncio.Protocol):
+    class ServerSide(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             server_sides.append(transport)
 
@@ -480,7 +473,7 @@ async def serving_count_and_wait_closed() -> list[Any]:
         count = getattr(server, "_active_count", None)
         return count if count is not None else len(server._clients)  # type: ignore[attr-defined]
 
-    server = await loop.create_server(End, "127.0.0.1", 0)
+    server = await loop.create_server(ServerSide, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clients = [(await loop.create_connection(asyncio.Protocol, "127.0.0.1", port))[0] for _ in range(3)]
     while len(server_sides) < 3:
