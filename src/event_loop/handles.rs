@@ -20,6 +20,7 @@ use crate::support::pyrefs;
 use crate::support::sync::lock;
 use crate::time::timers::TimerItem;
 use crate::sock_calls::SockCall;
+use crate::transports::stream::StreamTransport;
 use crate::transports::Attached;
 
 struct Payload {
@@ -529,6 +530,10 @@ pub enum Scheduled {
     /// A waiting `sock_*` call whose socket became ready: it retries its
     /// syscall and settles its future, also with no Python handle.
     Sock(Py<SockCall>),
+    /// A new stream transport starting to read, right after its
+    /// `connection_made` (asyncio's `_add_reader` handle): it runs no
+    /// protocol code, so it needs no handle or context of its own.
+    StartReading(Py<StreamTransport>),
 }
 
 impl Scheduled {
@@ -538,7 +543,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => Some(&h.get().core),
             Scheduled::Timer(t) => Some(&t.get().core),
-            Scheduled::Io(_) | Scheduled::Sock(_) => None,
+            Scheduled::Io(_) | Scheduled::Sock(_) | Scheduled::StartReading(_) => None,
         }
     }
 
@@ -548,6 +553,7 @@ impl Scheduled {
             Scheduled::Timer(t) => t.bind(py).clone().into_any(),
             Scheduled::Io(s) => s.as_object(py),
             Scheduled::Sock(c) => c.bind(py).clone().into_any(),
+            Scheduled::StartReading(t) => t.bind(py).clone().into_any(),
         }
     }
 
@@ -559,6 +565,7 @@ impl Scheduled {
             Scheduled::Timer(t) => t.drop_ref(py),
             Scheduled::Io(s) => s.release(py),
             Scheduled::Sock(c) => c.drop_ref(py),
+            Scheduled::StartReading(t) => t.drop_ref(py),
         }
     }
 
@@ -568,6 +575,7 @@ impl Scheduled {
             Scheduled::Timer(t) => visit.call(t),
             Scheduled::Io(s) => s.visit(visit),
             Scheduled::Sock(c) => visit.call(c),
+            Scheduled::StartReading(t) => visit.call(t),
         }
     }
 }

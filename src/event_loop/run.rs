@@ -21,6 +21,7 @@ use crate::event_loop::{deliver_signals, is_fatal, report_callback_error, LoopCo
 use crate::event_loop::handles::{Scheduled, TimerHandle};
 use crate::sock_calls::SockCall;
 use crate::transports::syscalls::os_error;
+use crate::transports::stream::StreamTransport;
 use pyo3::types::PyDict;
 use crate::readiness::Dispatch;
 use crate::support::sync::lock;
@@ -267,6 +268,10 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             Err((err, message)) => (Err(err), message),
         },
         Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call".to_owned()),
+        Scheduled::StartReading(transport) => (
+            StreamTransport::_start_reading(transport.bind(py)),
+            "Exception in callback StreamTransport._start_reading()".to_owned(),
+        ),
         Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
     };
     match outcome {
@@ -278,6 +283,7 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             context.set_item(intern!(py, "exception"), err.into_value(py))?;
             let key = match item {
                 Scheduled::Io(owner) => owner.context_key(),
+                Scheduled::StartReading(_) => "transport",
                 _ => "handle",
             };
             context.set_item(key, item.as_object(py))?;

@@ -631,7 +631,7 @@ impl StreamTransport {
     /// and reading starts here, as asyncio adds its reader then, unless the
     /// protocol paused reading meanwhile. A socket closed in between (by
     /// another transport on it) fails here with asyncio's OSError.
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::_register(slf)?;
         let mut st = lock(&slf.get().state);
         if st.closing || st.paused || st.conn_lost > 0 {

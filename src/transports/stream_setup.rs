@@ -19,6 +19,7 @@ use pyo3::intern;
 use super::sockaddr::{self, RawAddr, Side};
 use super::socket_object;
 use super::stream::StreamTransport;
+use crate::event_loop::handles::Scheduled;
 use crate::event_loop::{copy_current_context, LoopCore};
 use crate::support::sync::lock;
 
@@ -329,8 +330,7 @@ pub(crate) fn make_stream_transport<'py>(
     }
     core.register_transport(py, fd, transport.as_any())?;
     LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, None)?;
-    let start_reading = transport.getattr(intern!(py, "_start_reading"))?;
-    LoopCore::schedule_soon(event_loop, start_reading, PyTuple::empty(py), None)?;
+    lock(&core.sched).ready.push_back(Scheduled::StartReading(transport.clone().unbind()));
     if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
         let args = PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?;
         LoopCore::schedule_soon(event_loop, refs.set_result_unless_cancelled.bind(py).clone(), args, None)?;
