@@ -490,15 +490,15 @@ impl SockCall {
         let py = slf.py();
         let this = slf.get();
         let sock = this.sock.bind(py);
-        if this.stream_setup.is_some() {
+        if let Some(setup) = &this.stream_setup {
             // The caller made the socket, non-blocking.
             let fd = this.fileno(py)?;
             let attempt = this.attempt_unlocked(py, fd);
             return match attempt {
-                Ok(Attempt::Done(_)) => Self::set_up_stream(slf, fd),
-                Ok(Attempt::WouldBlock) => Self::wait(slf, fd).inspect_err(|_| this.close_socket(py)),
+                Ok(Attempt::Done(_)) => Self::set_up_stream(slf, setup, fd),
+                Ok(Attempt::WouldBlock) => Self::wait(slf, fd).inspect_err(|_| this.close_own_socket(py)),
                 Err(err) => {
-                    this.close_socket(py);
+                    this.close_own_socket(py);
                     Err(err)
                 }
             };
@@ -519,12 +519,9 @@ impl SockCall {
     /// `connect_stream`, connected: the protocol and its transport, which
     /// schedules `connection_made`; the bare yield resumes the caller after
     /// it, where asyncio's waiter would.
-    fn set_up_stream(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Step> {
+    fn set_up_stream(slf: &Bound<'_, Self>, setup: &StreamSetup, fd: RawFd) -> PyResult<Step> {
         let py = slf.py();
         let this = slf.get();
-        let Some(setup) = this.stream_setup.as_ref() else {
-            return Err(PyRuntimeError::new_err("not a stream connect"));
-        };
         let protocol = setup.protocol_factory.bind(py).call0()?;
         let known = Known { fd, tcp: setup.tcp, peer: None };
         let info = PyDict::new(py);
@@ -535,10 +532,12 @@ impl SockCall {
         Ok(Step::Yield(py.None()))
     }
 
-    /// `connect_stream`'s clean-up of a connect that failed or was given up.
-    fn close_socket(&self, py: Python<'_>) {
-        if let Err(err) = self.sock.bind(py).call_method0(intern!(py, "close")) {
-            err.write_unraisable(py, Some(self.sock.bind(py)));
+    /// `connect_stream`'s clean-up of a connect that failed or was given
+    /// up: the socket it was given is closed (a `sock_*` call leaves its
+    /// caller's socket alone).
+    fn close_own_socket(&self, py: Python<'_>) {
+        if self.stream_setup.is_some() {
+            close_reporting(self.sock.bind(py));
         }
     }
 
@@ -622,19 +621,17 @@ impl SockCall {
         let future = future.bind(py);
         if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
             Self::unregister(slf, fd);
-            if this.stream_setup.is_some() {
-                this.close_socket(py);
-            }
+            this.close_own_socket(py);
             return Err(PyRuntimeError::new_err("await wasn't used with future"));
         }
         let result = future.call_method0(intern!(py, "result"));
-        if this.stream_setup.is_none() {
+        let Some(setup) = &this.stream_setup else {
             return Ok(Step::Return(result?.unbind()));
-        }
+        };
         match result {
-            Ok(_) => Self::set_up_stream(slf, fd),
+            Ok(_) => Self::set_up_stream(slf, setup, fd),
             Err(err) => {
-                this.close_socket(py);
+                this.close_own_socket(py);
                 Err(err)
             }
         }
@@ -674,17 +671,20 @@ impl SockCall {
         match stage {
             Stage::Waiting { fd, .. } => {
                 Self::unregister(slf, fd);
-                if this.stream_setup.is_some() {
-                    this.close_socket(py);
-                }
+                this.close_own_socket(py);
             }
-            Stage::Settling { transport, .. } => {
-                if let Err(err) = transport.bind(py).call_method0(intern!(py, "close")) {
-                    err.write_unraisable(py, Some(transport.bind(py)));
-                }
-            }
+            Stage::Settling { transport, .. } => close_reporting(transport.bind(py)),
             Stage::Created | Stage::Finished => {}
         }
+    }
+}
+
+/// `obj.close()`, an error in it reported as unraisable: it runs while
+/// another error (or a cancellation) is on its way to the caller.
+fn close_reporting(obj: &Bound<'_, PyAny>) {
+    let py = obj.py();
+    if let Err(err) = obj.call_method0(intern!(py, "close")) {
+        err.write_unraisable(py, Some(obj));
     }
 }
 

@@ -269,8 +269,8 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
         },
         Scheduled::Sock(call) => (SockCall::on_ready(call.bind(py)), "Unhandled error in a sock_* call".to_owned()),
         Scheduled::StartReading(transport) => (
-            StreamTransport::_start_reading(transport.bind(py)),
-            "Exception in callback StreamTransport._start_reading()".to_owned(),
+            StreamTransport::start_reading(transport.bind(py)),
+            "Exception in callback StreamTransport.start_reading()".to_owned(),
         ),
         Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
     };

@@ -627,23 +627,6 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Scheduled right after `connection_made`: the socket joins the poller
-    /// and reading starts here, as asyncio adds its reader then, unless the
-    /// protocol paused reading meanwhile. A socket closed in between (by
-    /// another transport on it) fails here with asyncio's OSError.
-    pub(crate) fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::_register(slf)?;
-        let mut st = lock(&slf.get().state);
-        if st.closing || st.paused || st.conn_lost > 0 {
-            return Ok(());
-        }
-        st.reading = true;
-        if st.read_pending {
-            Self::queue_locked(slf, &mut st);
-        }
-        Ok(())
-    }
-
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -1045,6 +1028,23 @@ impl StreamTransport {
 }
 
 impl StreamTransport {
+    /// Run right after `connection_made` (`Scheduled::StartReading`): the socket joins the poller
+    /// and reading starts here, as asyncio adds its reader then, unless the
+    /// protocol paused reading meanwhile. A socket closed in between (by
+    /// another transport on it) fails here with asyncio's OSError.
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::_register(slf)?;
+        let mut st = lock(&slf.get().state);
+        if st.closing || st.paused || st.conn_lost > 0 {
+            return Ok(());
+        }
+        st.reading = true;
+        if st.read_pending {
+            Self::queue_locked(slf, &mut st);
+        }
+        Ok(())
+    }
+
     /// A transport on `sock` (whose fd is `fd`), running its protocol's
     /// callbacks in `context`.
     #[allow(clippy::too_many_arguments)]

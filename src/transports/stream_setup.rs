@@ -111,28 +111,31 @@ fn name_or_none<'py>(sock: &Bound<'py, PyAny>, method: &Bound<'py, pyo3::types::
     }
 }
 
+/// The socket's name or its peer's, as its own `getsockname()` or
+/// `getpeername()` gives it, None when it has none.
+fn asked_name<'py>(sock: &Bound<'py, PyAny>, side: Side) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let method = match side {
+        Side::Local => intern!(py, "getsockname"),
+        Side::Peer => intern!(py, "getpeername"),
+    };
+    name_or_none(sock, method)
+}
+
 /// The socket's name or its peer's, as its `getsockname()` or
 /// `getpeername()` gives it, None when it has none. A plain
 /// `socket.socket` on a known fd is read natively; a subclass, which may
 /// override the method, or an uncommon family is asked.
 fn name<'py>(sock: &Bound<'py, PyAny>, fd: Option<RawFd>, side: Side) -> PyResult<Bound<'py, PyAny>> {
     let py = sock.py();
-    let native_fd = match fd {
-        Some(fd) if socket_object::is_plain_socket(sock)? => Some(fd),
-        _ => None,
-    };
-    if let Some(fd) = native_fd {
-        match sockaddr::name_of(fd, side) {
-            Ok(raw) if raw.is_common_family() => return sockaddr::to_object(py, &raw),
-            Ok(_) => {}
-            Err(_) => return Ok(py.None().into_bound(py)),
+    if let Some(fd) = fd {
+        match raw_name(sock, fd, side)? {
+            Some(Some(raw)) => return sockaddr::to_object(py, &raw),
+            Some(None) => return Ok(py.None().into_bound(py)),
+            None => {}
         }
     }
-    let method = match side {
-        Side::Local => intern!(py, "getsockname"),
-        Side::Peer => intern!(py, "getpeername"),
-    };
-    name_or_none(sock, method)
+    asked_name(sock, side)
 }
 
 /// A stream transport's extra info not made into Python objects yet.
@@ -226,14 +229,14 @@ fn defer_socket_info(
     }
     match raw_name(sock, fd, Side::Local)? {
         Some(raw) => deferred.sockname = Some(raw),
-        None => info.set_item(intern!(py, "sockname"), name(sock, Some(fd), Side::Local)?)?,
+        None => info.set_item(intern!(py, "sockname"), asked_name(sock, Side::Local)?)?,
     }
     if let Some(peer) = peer {
         deferred.peername = Some(Some(peer));
     } else if !(given && info.contains(intern!(py, "peername"))?) {
         match raw_name(sock, fd, Side::Peer)? {
             Some(raw) => deferred.peername = Some(raw),
-            None => info.set_item(intern!(py, "peername"), name(sock, Some(fd), Side::Peer)?)?,
+            None => info.set_item(intern!(py, "peername"), asked_name(sock, Side::Peer)?)?,
         }
     }
     Ok(deferred)
