@@ -166,13 +166,11 @@ impl Listener {
         let py = slf.py();
         let this = slf.get();
         let refs = refs(py)?;
-        let made = (|| {
-            let conn = socket_object::new_socket(py, this.family, this.sock_type, this.proto, Some(fd))?;
-            // The fd is non-blocking already; this makes the socket object
-            // agree (its timeout says blocking until told).
-            conn.call_method1(intern!(py, "setblocking"), (false,))?;
-            Ok(conn)
-        })();
+        // The fd is non-blocking already (accept4); SOCK_NONBLOCK in the
+        // type makes the socket object agree, with a timeout of 0.0 as
+        // asyncio's `conn.setblocking(False)` gives, and no fcntl calls.
+        // `socket.type` leaves the flag out.
+        let made = socket_object::new_socket(py, this.family, this.sock_type | libc::SOCK_NONBLOCK, this.proto, Some(fd));
         let conn = match made {
             Ok(made) => made,
             Err(err) => {
