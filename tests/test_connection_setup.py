@@ -537,3 +537,82 @@ def test_create_connection_returns_after_connection_made_and_before_data(family:
     for factory in (asyncio.SelectorEventLoop, ferroloop.new_event_loop):
         with tempfile.TemporaryDirectory() as directory:
             assert run_with_loop(factory, events_when_connected(family, directory)) == [["made"]] * 20, factory
+
+
+async def errors_in_made_and_lost(family: str, directory: str, debug: bool) -> list[Any]:
+    """What the exception handler is given when connection_made and
+    connection_lost raise, on both ends, and whether the connection still
+    carries data after connection_made raised."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(debug)
+    reports: list[Any] = []
+
+    def handler(_loop: Any, context: dict[str, Any]) -> None:
+        handle = context.get("handle")
+        message = context["message"]
+        # The transport's class and repr are the loop's own.
+        for transport_class in ("_SelectorSocketTransport", "_SelectorTransport", "StreamTransport"):
+            message = message.replace(transport_class + "._call", "Transport._call")
+        message = message.split("(<")[0]
+        reports.append((message, type(context["exception"]).__name__, str(context["exception"]),
+                        type(handle).__name__, sorted(set(context) - {"source_traceback"})))
+
+    loop.set_exception_handler(handler)
+    received: asyncio.Future[bytes] = loop.create_future()
+    lost = [loop.create_future(), loop.create_future()]
+
+    class Raising(asyncio.Protocol):
+        def __init__(self, side: int) -> None:
+            self.side = side
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            raise ValueError(f"made {self.side}")
+
+        def data_received(self, data: bytes) -> None:
+            if self.side:
+                self.transport.write(data)
+            elif not received.done():
+                received.set_result(data)
+
+        def connection_lost(self, exc: Any) -> None:
+            lost[self.side].set_result(None)
+            raise KeyError(f"lost {self.side}")
+
+    if family == "unix":
+        path = os.path.join(directory, "s")
+        server = await loop.create_unix_server(lambda: Raising(1), path)
+        transport, _ = await loop.create_unix_connection(lambda: Raising(0), path)
+    else:
+        server = await loop.create_server(lambda: Raising(1), "127.0.0.1", 0)
+        transport, _ = await loop.create_connection(lambda: Raising(0), "127.0.0.1", server.sockets[0].getsockname()[1])
+    transport.write(b"ping")
+    echoed = await asyncio.wait_for(received, 10)
+    transport.close()
+    await asyncio.wait_for(asyncio.gather(*lost), 10)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    server.close()
+    await server.wait_closed()
+    loop.set_exception_handler(None)
+    return [echoed, sorted(reports)]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_errors_in_connection_made_and_lost_are_reported_as_asyncios(family: str, debug: bool) -> None:
+    results = []
+    for factory in (asyncio.SelectorEventLoop, ferroloop.new_event_loop):
+        with tempfile.TemporaryDirectory() as directory:
+            results.append(run_with_loop(factory, errors_in_made_and_lost(family, directory, debug)))
+    assert results[1] == results[0]
+    echoed, reports = results[0]
+    assert echoed == b"ping"
+    made = "Exception in callback errors_in_made_and_lost.<locals>.Raising.connection_made"
+    lost = "Exception in callback Transport._call_connection_lost(None)"
+    assert [r[:4] for r in reports] == [
+        (lost, "KeyError", "'lost 0'", "Handle"),
+        (lost, "KeyError", "'lost 1'", "Handle"),
+        (made, "ValueError", "made 0", "Handle"),
+        (made, "ValueError", "made 1", "Handle"),
+    ]

@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::event_loop::internal_calls::InternalCall;
 use crate::event_loop::LoopCore;
 use crate::support::pyrefs;
 use crate::support::sync::lock;
@@ -534,6 +535,9 @@ pub enum Scheduled {
     /// `connection_made` (asyncio's `_add_reader` handle): it runs no
     /// protocol code, so it needs no handle or context of its own.
     StartReading(Py<StreamTransport>),
+    /// `connection_made` or `connection_lost` of a stream transport, which
+    /// asyncio schedules as handles no other code sees.
+    Internal(Box<InternalCall>),
 }
 
 impl Scheduled {
@@ -543,7 +547,7 @@ impl Scheduled {
         match self {
             Scheduled::Plain(h) => Some(&h.get().core),
             Scheduled::Timer(t) => Some(&t.get().core),
-            Scheduled::Io(_) | Scheduled::Sock(_) | Scheduled::StartReading(_) => None,
+            Scheduled::Io(_) | Scheduled::Sock(_) | Scheduled::StartReading(_) | Scheduled::Internal(_) => None,
         }
     }
 
@@ -554,6 +558,10 @@ impl Scheduled {
             Scheduled::Io(s) => s.as_object(py),
             Scheduled::Sock(c) => c.bind(py).clone().into_any(),
             Scheduled::StartReading(t) => t.bind(py).clone().into_any(),
+            Scheduled::Internal(call) => match call.as_handle(py) {
+                Ok(handle) => handle.into_any(),
+                Err(_) => call.transport(py).clone().into_any(),
+            },
         }
     }
 
@@ -566,6 +574,7 @@ impl Scheduled {
             Scheduled::Io(s) => s.release(py),
             Scheduled::Sock(c) => c.drop_ref(py),
             Scheduled::StartReading(t) => t.drop_ref(py),
+            Scheduled::Internal(call) => call.release(py),
         }
     }
 
@@ -576,6 +585,7 @@ impl Scheduled {
             Scheduled::Io(s) => s.visit(visit),
             Scheduled::Sock(c) => visit.call(c),
             Scheduled::StartReading(t) => visit.call(t),
+            Scheduled::Internal(call) => call.visit(visit),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub(crate) mod fast_calls;
 pub(crate) mod handles;
+pub(crate) mod internal_calls;
 pub(crate) mod run;
 
 use std::collections::VecDeque;

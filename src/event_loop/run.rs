@@ -272,6 +272,8 @@ fn run_native_io(slf: &Bound<'_, LoopCore>, item: &Scheduled) -> PyResult<()> {
             StreamTransport::start_reading(transport.bind(py)),
             "Exception in callback StreamTransport.start_reading()".to_owned(),
         ),
+        // Reports its own errors, as the handle it stands for would.
+        Scheduled::Internal(call) => return call.run(py),
         Scheduled::Plain(_) | Scheduled::Timer(_) => return Ok(()),
     };
     match outcome {

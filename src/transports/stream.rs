@@ -35,6 +35,7 @@ use crate::support::thread_exit;
 use crate::support::buffers::{with_bytes, with_writable_bytes};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
 use crate::event_loop::handles::{closed_error, in_context, Scheduled};
+use crate::event_loop::internal_calls::InternalCall;
 use crate::support::sync::lock;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -161,7 +162,7 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 impl StreamTransport {
-    fn loop_obj<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
+    pub(crate) fn loop_obj<'py>(&self, py: Python<'py>) -> &Bound<'py, LoopCore> {
         self.event_loop.bind(py)
     }
 
@@ -545,10 +546,7 @@ impl StreamTransport {
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        slf.get().loop_obj(py).call_method1(intern!(py, "call_soon"), (callback, exc))?;
-        Ok(())
+        InternalCall::connection_lost(slf.get().loop_obj(slf.py()), slf, exc)
     }
 
     fn set_protocol_locked(py: Python<'_>, st: &mut State, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -1112,7 +1110,7 @@ impl StreamTransport {
         Self::schedule_connection_lost(slf, exc)
     }
 
-    fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let protocol = lock(&this.state).protocol.as_ref().map(|p| p.clone_ref(py));

@@ -20,6 +20,7 @@ use super::sockaddr::{self, RawAddr, Side};
 use super::socket_object;
 use super::stream::StreamTransport;
 use crate::event_loop::handles::Scheduled;
+use crate::event_loop::internal_calls::InternalCall;
 use crate::event_loop::{copy_current_context, LoopCore};
 use crate::support::sync::lock;
 
@@ -332,7 +333,7 @@ pub(crate) fn make_stream_transport<'py>(
         crate::server::connections::attach(server, transport.as_any())?;
     }
     core.register_transport(py, fd, transport.as_any())?;
-    LoopCore::schedule_soon(event_loop, connection_made, PyTuple::new(py, [&transport])?, None)?;
+    InternalCall::connection_made(event_loop, &transport, connection_made)?;
     lock(&core.sched).ready.push_back(Scheduled::StartReading(transport.clone().unbind()));
     if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
         let args = PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?;
