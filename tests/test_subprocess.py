@@ -312,3 +312,64 @@ def test_callbacks_run_in_the_contexts_asyncio_uses() -> None:
     # of its own; since, its pidfd watcher, in the spawner's.
     exited = "spawner" if sys.version_info >= (3, 12) else "default"
     assert results["ferroloop"] == {"data": "spawner", "exited": exited}
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def is_reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_a_child_outliving_its_loop_is_reaped_and_leaves_no_fd(
+    child_watching: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = ferroloop.new_event_loop()
+    before = open_fds()
+
+    async def start() -> Any:
+        return await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(0.3)")
+
+    proc = loop.run_until_complete(start())
+    pid = proc.pid
+    with warnings.catch_warnings():
+        # The transport is left unclosed on purpose; its warning is asyncio's.
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop.close()
+        assert not is_reaped(pid)
+        for _ in range(100):
+            if is_reaped(pid) and f"that handles pid {pid} is closed" in caplog.text:
+                break
+            threading.Event().wait(0.05)
+        del proc
+    assert is_reaped(pid)
+    assert f"that handles pid {pid} is closed" in caplog.text
+    assert open_fds() <= before
+
+
+def test_taking_sigchld_over_keeps_the_loops_children_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program's own SIGCHLD handler replaces the loop's child reaping:
+    children already watched through it are still waited for."""
+    monkeypatch.setattr(_process, "PIDFD_AVAILABLE", False)
+    monkeypatch.setattr(_process, "SIGCHLD_WATCHING", True)
+    seen: list[str] = []
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        first = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(0.2)")
+        loop.add_signal_handler(signal.SIGCHLD, seen.append, "sigchld")
+        second = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(3)")
+        codes = [await asyncio.wait_for(first.wait(), 10), await asyncio.wait_for(second.wait(), 10)]
+        loop.remove_signal_handler(signal.SIGCHLD)
+        third = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(4)")
+        codes.append(await asyncio.wait_for(third.wait(), 10))
+        return codes
+
+    assert run_with_loop(ferroloop.new_event_loop, main()) == [0, 3, 4]
+    assert "sigchld" in seen
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL

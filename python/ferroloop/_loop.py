@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-from . import _metrics, _monitor, _watchdog
+from . import _metrics, _monitor, _process, _watchdog
 from ._network import NetworkMethods
 from ._sockets import SocketMethods
 from ._native import LoopCore, _call_at_fastcall, _call_later_fastcall, _call_soon_fastcall
@@ -110,6 +110,7 @@ def _run_until_complete_cb(fut: futures.Future[Any]) -> None:
 # signal.valid_signals() builds a set of Signals enums at each call (some
 # 1,500 lines of enum code); the set itself never changes.
 _VALID_SIGNALS = frozenset(signal.valid_signals())
+_SIGCHLD: Optional[int] = getattr(signal, "SIGCHLD", None)
 
 
 def _sighandler_noop(signum: int, frame: Any) -> None:
@@ -280,6 +281,7 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
             return
         if self.get_debug():
             logger.debug("Close %r", self)
+        _process.release_children(self)
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
         if self._tracking_tasks():
@@ -718,6 +720,9 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
+        if sig == _SIGCHLD and _process.owns_sigchld_handler(self):
+            # The program takes SIGCHLD over from the loop's child reaping.
+            _process.release_sigchld_children(self)
         try:
             # Raises ValueError off the main thread, which is the check
             # asyncio relies on too.
@@ -744,6 +749,8 @@ class Loop(NetworkMethods, LoopCore, SocketMethods, events.AbstractEventLoop):
         """Remove the handler of ``sig`` and restore the signal's default
         disposition; False if it had none."""
         self._check_signal(sig)
+        if sig == _SIGCHLD and _process.owns_sigchld_handler(self):
+            _process.release_sigchld_children(self)
         try:
             del self._signal_handlers[sig]
         except KeyError:

@@ -108,6 +108,16 @@ class PidfdWatch:
             loop._add_reader(pidfd, self._exited)
         else:
             contextvars.Context().run(loop._add_reader, pidfd, self._exited)
+        _pidfd_watches(loop).add(self)
+
+    def release(self) -> None:
+        """The loop is closing with the child still running: its pidfd is
+        closed and a thread waits for it instead, so that it is reaped."""
+        loop = self._loop
+        loop._remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        _wait_in_new_thread(loop, self._pid, self._transport)
+        self._transport = None
 
     def _exited(self) -> None:
         loop = self._loop
@@ -123,8 +133,17 @@ class PidfdWatch:
                 logger.debug("process %s exited with returncode %s", pid, returncode)
         loop._remove_reader(self._pidfd)
         os.close(self._pidfd)
+        _pidfd_watches(loop).discard(self)
         _exit_from_loop_thread(loop, self._pid, returncode, self._transport)
         self._transport = None
+
+
+def _pidfd_watches(loop: Any) -> "set[PidfdWatch]":
+    """The loop's children watched through pidfds and not exited yet."""
+    watches: Optional[set[PidfdWatch]] = getattr(loop, "_child_pidfd_watches", None)
+    if watches is None:
+        watches = loop._child_pidfd_watches = set()
+    return watches
 
 
 # asyncio's warnings for a status read by someone else: its pidfd watcher's,
@@ -231,6 +250,11 @@ class SigchldWatch:
             transport, context = self._children.pop(pid)
             context.run(_exit_from_loop_thread, loop, pid, returncode, transport)
 
+    def release(self) -> None:
+        children, self._children = self._children, {}
+        for pid, (transport, _) in children.items():
+            _wait_in_new_thread(self._loop, pid, transport)
+
     def _installed(self) -> bool:
         handle = self._loop._signal_handlers.get(signal.SIGCHLD)
         return handle is not None and handle._callback is self._reaper
@@ -250,10 +274,43 @@ def watch_child(loop: Any, transport: Any, on_exit: Callable[[int, int, Any], No
             return
     if SigchldWatch.watch(loop, pid, transport):
         return
+    _wait_in_new_thread(loop, pid, transport, on_exit)
+
+
+def _wait_in_new_thread(loop: Any, pid: int, transport: Any, on_exit: Optional[Callable[[int, int, Any], None]] = None) -> None:
+    """asyncio's ThreadedChildWatcher: a thread blocks in waitpid."""
     thread = threading.Thread(
-        target=_wait_in_thread, name=f"asyncio-waitpid-{pid}", args=(loop, pid, transport, on_exit), daemon=True
+        target=_wait_in_thread,
+        name=f"asyncio-waitpid-{pid}",
+        args=(loop, pid, transport, on_exit or loop._child_watcher_callback),
+        daemon=True,
     )
     thread.start()
+
+
+def release_children(loop: Any) -> None:
+    """The loop is closing: children it still watches are waited for by
+    threads, as asyncio 3.11's watcher does, so none is left a zombie (and
+    no pidfd is left open); each one's exit is then logged as reaped after
+    its loop closed."""
+    for watch in list(_pidfd_watches(loop)):
+        watch.release()
+    _pidfd_watches(loop).clear()
+    release_sigchld_children(loop)
+
+
+def release_sigchld_children(loop: Any) -> None:
+    """The loop's SIGCHLD handler is being replaced or removed: the
+    children its reaper watched are waited for by threads from now on
+    (the next children take that path by themselves)."""
+    watch: Optional[SigchldWatch] = getattr(loop, "_child_sigchld_watch", None)
+    if watch is not None:
+        watch.release()
+
+
+def owns_sigchld_handler(loop: Any) -> bool:
+    watch: Optional[SigchldWatch] = getattr(loop, "_child_sigchld_watch", None)
+    return watch is not None and watch._installed()
 
 
 class SubprocessTransport(unix_events._UnixSubprocessTransport):  # type: ignore[name-defined,misc]
