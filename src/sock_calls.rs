@@ -523,7 +523,11 @@ impl SockCall {
         let py = slf.py();
         let this = slf.get();
         let protocol = setup.protocol_factory.bind(py).call0()?;
-        let known = Known { fd, tcp: setup.tcp, peer: None };
+        let peer = match &lock(&this.state).operation {
+            Some(Operation::Connect { raw: Some(raw), .. }) if raw.is_peer_name_once_connected() => Some(*raw),
+            _ => None,
+        };
+        let known = Known { fd, tcp: setup.tcp, peer, local: None };
         let info = PyDict::new(py);
         let event_loop = this.event_loop.bind(py);
         let transport =

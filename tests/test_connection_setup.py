@@ -119,7 +119,19 @@ def names(transport: asyncio.BaseTransport) -> tuple[Any, Any, Any, Any]:
     return transport.get_extra_info("sockname"), sock.getsockname(), transport.get_extra_info("peername"), sock.getpeername()
 
 
-@pytest.mark.parametrize("family", ["tcp4", "tcp6", "unix", "unix-abstract"])
+# (server host, host the client connects to): a listener on one address,
+# whose connections share its name; a wildcard one, whose connections each
+# have the address they came to; a connect to INADDR_ANY, which Linux makes
+# a connect to a local address.
+TCP_ENDS = {
+    "tcp4": ("127.0.0.1", "127.0.0.1"),
+    "tcp4-wildcard": ("0.0.0.0", "127.0.0.2"),
+    "tcp4-to-any": ("0.0.0.0", "0.0.0.0"),
+    "tcp6": ("::1", "::1"),
+}
+
+
+@pytest.mark.parametrize("family", [*TCP_ENDS, "unix", "unix-abstract"])
 def test_extra_info_names_are_the_sockets_own(family: str) -> None:
     if family == "tcp6" and not socket.has_ipv6:
         pytest.skip("no IPv6")
@@ -132,10 +144,10 @@ def test_extra_info_names_are_the_sockets_own(family: str) -> None:
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 accepted.set_result(transport)
 
-        if family.startswith("tcp"):
-            host = "127.0.0.1" if family == "tcp4" else "::1"
+        if family in TCP_ENDS:
+            host, target = TCP_ENDS[family]
             server = await loop.create_server(Server, host, 0)
-            client, _ = await loop.create_connection(asyncio.Protocol, host, server.sockets[0].getsockname()[1])
+            client, _ = await loop.create_connection(asyncio.Protocol, target, server.sockets[0].getsockname()[1])
         else:
             address = path if family == "unix" else "\0ferroloop-names-" + str(os.getpid())
             server = await loop.create_unix_server(Server, address)
@@ -148,11 +160,19 @@ def test_extra_info_names_are_the_sockets_own(family: str) -> None:
         await server.wait_closed()
         return result
 
+    seen = []
     for factory in (asyncio.new_event_loop, ferroloop.new_event_loop):
         with tempfile.TemporaryDirectory() as tmp:
-            for sockname, own_sockname, peername, own_peername in run_with_loop(factory, main(os.path.join(tmp, "s"))):
+            ends = run_with_loop(factory, main(os.path.join(tmp, "s")))
+            for sockname, own_sockname, peername, own_peername in ends:
                 assert (sockname, peername) == (own_sockname, own_peername)
                 assert type(sockname) is type(own_sockname) and type(peername) is type(own_peername)
+            seen.append([(end[0][0], end[2][0]) for end in ends] if family in TCP_ENDS else None)
+    assert seen[1] == seen[0]
+    if family == "tcp4-wildcard":
+        assert seen[0] == [("127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.1")]
+    if family == "tcp4-to-any":
+        assert seen[0][0][1] == "127.0.0.1"
 
 
 class End(asyncio.Protocol):

@@ -77,6 +77,8 @@ pub struct Listener {
     sock_type: i32,
     proto: i32,
     nodelay: bool,
+    /// The name all its connections have, if it is the listener's own.
+    local_name: Option<RawAddr>,
     state: Mutex<State>,
 }
 
@@ -247,7 +249,7 @@ impl Listener {
         }
         let server = this.server.bind(py);
         // The peer is the address accept gave, as asyncio's `peername`.
-        let known = Known { fd, tcp: this.nodelay, peer: Some(*peer) };
+        let known = Known { fd, tcp: this.nodelay, peer: Some(*peer), local: this.local_name };
         let event_loop = this.event_loop.bind(py);
         let transport =
             make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;
@@ -290,6 +292,7 @@ impl Listener {
             sock_type,
             proto,
             nodelay,
+            local_name: sockaddr::accepted_local_name(fd, family),
             state: Mutex::new(State { sock: Some(sock.clone().unbind()), active: false, read_pending: false, queued: false }),
         })
     }

@@ -421,6 +421,49 @@ pub fn name_of(fd: RawFd, side: Side) -> io::Result<RawAddr> {
     Ok(raw)
 }
 
+impl RawAddr {
+    /// Whether `getpeername` after connecting to this address gives the
+    /// address itself: an IPv4 address other than INADDR_ANY (a connect to
+    /// which Linux turns into one to a local address). IPv6 is left to
+    /// `getpeername`, for its scope and flow information.
+    pub fn is_peer_name_once_connected(&self) -> bool {
+        if self.family() != libc::AF_INET || (self.len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+            return false;
+        }
+        // SAFETY: the family is AF_INET and `len` covers a sockaddr_in, so
+        // the storage holds one; sockaddr_storage is aligned for any
+        // socket address type.
+        let address = unsafe { &*std::ptr::addr_of!(self.storage).cast::<libc::sockaddr_in>() };
+        address.sin_addr.s_addr != libc::INADDR_ANY
+    }
+}
+
+/// The local name every connection accepted on `listening` has, when it
+/// is the listening socket's own: a Unix socket's (the accepted socket
+/// shares the listener's address), or an IPv4 one bound to one address and
+/// not transparent (IP_TRANSPARENT accepts connections to other
+/// addresses). None: each connection's name must be read.
+pub fn accepted_local_name(listening: RawFd, family: libc::c_int) -> Option<RawAddr> {
+    let name = name_of(listening, Side::Local).ok()?;
+    match family {
+        libc::AF_UNIX if name.family() == libc::AF_UNIX => Some(name),
+        libc::AF_INET if name.is_peer_name_once_connected() && !is_transparent(listening) => Some(name),
+        _ => None,
+    }
+}
+
+fn is_transparent(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes for the duration of the
+    // call; an invalid fd only makes it fail.
+    let status = unsafe {
+        libc::getsockopt(fd, libc::SOL_IP, libc::IP_TRANSPARENT, std::ptr::addr_of_mut!(value).cast(), &mut len)
+    };
+    // Unknown counts as transparent: the names are then read per connection.
+    status != 0 || value != 0
+}
+
 /// Dotted-quad text, as inet_ntop writes it, without its printf.
 fn ipv4_text(octets: [u8; 4]) -> String {
     let mut text = String::with_capacity(15);

@@ -118,10 +118,8 @@ pub fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
 /// `create_connection` connects.
 #[pyfunction]
 pub fn nonblocking_socket(py: Python<'_>, family: libc::c_int, sock_type: libc::c_int, proto: libc::c_int) -> PyResult<Bound<'_, PyAny>> {
-    let sock = new_socket(py, family, sock_type, proto, None)?;
-    if let Err(err) = sock.call_method1(intern!(py, "setblocking"), (false,)) {
-        close_socket(&sock)?;
-        return Err(err);
-    }
-    Ok(sock)
+    // SOCK_NONBLOCK makes socket(2) give a non-blocking fd and the socket
+    // object a timeout of 0.0, as setblocking(False) would, with no ioctl;
+    // `socket.type` leaves the flag out.
+    new_socket(py, family, sock_type | libc::SOCK_NONBLOCK, proto, None)
 }

@@ -216,6 +216,7 @@ fn defer_socket_info(
     info: &Bound<'_, PyDict>,
     sock: &Bound<'_, PyAny>,
     fd: RawFd,
+    local: Option<RawAddr>,
     peer: Option<RawAddr>,
 ) -> PyResult<DeferredInfo> {
     let py = sock.py();
@@ -228,7 +229,11 @@ fn defer_socket_info(
             }
         }
     }
-    match raw_name(sock, fd, Side::Local)? {
+    let local = match local {
+        Some(local) => Some(Some(local)),
+        None => raw_name(sock, fd, Side::Local)?,
+    };
+    match local {
         Some(raw) => deferred.sockname = Some(raw),
         None => info.set_item(intern!(py, "sockname"), asked_name(sock, Side::Local)?)?,
     }
@@ -273,8 +278,12 @@ pub fn transport_extra<'py>(sock: &Bound<'py, PyAny>, extra: Option<&Bound<'py, 
 pub(crate) struct Known {
     pub fd: RawFd,
     pub tcp: bool,
-    /// The peer's address as accept gave it, for `peername`.
+    /// The peer's address as accept gave it (or as connected to, where
+    /// that is what `getpeername` would give), for `peername`.
     pub peer: Option<RawAddr>,
+    /// The socket's own name where the caller knows it (a listener's
+    /// connections share its name), for `sockname`.
+    pub local: Option<RawAddr>,
 }
 
 /// asyncio's `_make_socket_transport(sock, protocol, waiter, extra=,
@@ -300,6 +309,7 @@ pub(crate) fn make_stream_transport<'py>(
         None => sock.call_method0(intern!(py, "fileno"))?.extract()?,
     };
     let peer = known.as_ref().and_then(|known| known.peer);
+    let local = known.as_ref().and_then(|known| known.local);
     match known {
         Some(known) => {
             if known.tcp {
@@ -321,7 +331,7 @@ pub(crate) fn make_stream_transport<'py>(
     if fd < 0 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
-    let deferred = defer_socket_info(&info, sock, fd, peer)?;
+    let deferred = defer_socket_info(&info, sock, fd, local, peer)?;
     let context = match context {
         Some(context) => context.clone().unbind(),
         None => copy_current_context(py)?,
