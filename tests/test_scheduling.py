@@ -344,6 +344,32 @@ def test_exception_in_callback_goes_to_the_exception_handler(loop):
     assert ctx["handle"] is handle
 
 
+def failing_callback(value):
+    raise ValueError(value)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
+def test_a_failing_callback_is_reported_with_asyncios_message(debug):
+    """The message names the callback as asyncio's Handle does: with its
+    arguments, which 3.13+ shows in debug mode only."""
+    messages = []
+    for factory in (asyncio.new_event_loop, ferroloop.new_event_loop):
+        lp = factory()
+        try:
+            lp.set_debug(debug)
+            seen = []
+            lp.set_exception_handler(lambda _lp, ctx: seen.append(ctx["message"]))
+            lp.call_soon(failing_callback, 42)
+            lp.call_soon(lp.stop)
+            lp.run_forever()
+            messages.append(seen)
+        finally:
+            lp.close()
+    assert messages[1] == messages[0]
+    shows_args = debug or sys.version_info < (3, 13)
+    assert messages[0][0].startswith("Exception in callback failing_callback(" + ("42)" if shows_args else ")"))
+
+
 def test_default_exception_handler_logs_to_asyncio_logger(loop, caplog):
     def boom():
         raise ValueError("logged")
