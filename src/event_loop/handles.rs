@@ -112,6 +112,27 @@ impl HandleCore {
         call_in_context(py, self.context.bind(py), &callback, &args)
     }
 
+    /// The callback and its arguments as asyncio's handles name them
+    /// (`format_helpers._format_callback_source`); None once cancelled.
+    pub fn callback_source(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let (Some(callback), Some(args)) = (self.callback(py), self.args(py)) else {
+            return Ok(None);
+        };
+        let refs = pyrefs::get(py)?;
+        let format = refs.format_callback_source.bind(py);
+        let source = if refs.format_callback_takes_debug {
+            // 3.13+ shows the arguments in debug mode only; asyncio passes
+            // the loop's get_debug() as it is.
+            let debug = self.loop_obj.bind(py).call_method0(pyo3::intern!(py, "get_debug"))?;
+            let kwargs = pyo3::types::PyDict::new(py);
+            kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
+            format.call((callback, args), Some(&kwargs))?
+        } else {
+            format.call1((callback, args))?
+        };
+        Ok(Some(source.str()?.to_string()))
+    }
+
     fn repr_info(&self, py: Python<'_>, class_name: &str, when: Option<f64>) -> PyResult<String> {
         if let Some(frozen) = lock(&self.cancelled_repr).as_ref() {
             return Ok(frozen.clone());
@@ -123,19 +144,8 @@ impl HandleCore {
         if let Some(when) = when {
             info.push(format!("when={}", py_float_repr(py, when)?));
         }
-        if let (Some(callback), Some(args)) = (self.callback(py), self.args(py)) {
-            let refs = pyrefs::get(py)?;
-            let format = refs.format_callback_source.bind(py);
-            let source = if refs.format_callback_takes_debug {
-                // asyncio passes the loop's get_debug() as it is.
-                let debug = self.loop_obj.bind(py).call_method0(pyo3::intern!(py, "get_debug"))?;
-                let kwargs = pyo3::types::PyDict::new(py);
-                kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
-                format.call((callback, args), Some(&kwargs))?
-            } else {
-                format.call1((callback, args))?
-            };
-            info.push(source.str()?.to_string());
+        if let Some(source) = self.callback_source(py)? {
+            info.push(source);
         }
         if let Some(tb) = &self.source_traceback {
             let tb = tb.bind(py);

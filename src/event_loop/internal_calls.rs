@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::handles::{call_in_context, Handle, HandleCore, Scheduled};
+use crate::event_loop::handles::{call_in_context, in_context, Handle, HandleCore, Scheduled};
 use crate::event_loop::{copy_current_context, report_callback_error, LoopCore};
 use crate::support::sync::lock;
 use crate::transports::stream::StreamTransport;
@@ -27,6 +27,24 @@ enum Call {
     ConnectionMade { connection_made: Py<PyAny> },
     /// `transport._call_connection_lost(exc)`.
     ConnectionLost { exc: Py<PyAny> },
+}
+
+impl Call {
+    /// The callback and arguments asyncio's handle for it holds.
+    fn callback_and_args<'py>(
+        &self,
+        transport: &Bound<'py, StreamTransport>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = transport.py();
+        Ok(match self {
+            Call::ConnectionMade { connection_made } => {
+                (connection_made.bind(py).clone(), PyTuple::new(py, [transport.as_any()])?)
+            }
+            Call::ConnectionLost { exc } => {
+                (transport.getattr(intern!(py, "_call_connection_lost"))?, PyTuple::new(py, [exc.bind(py)])?)
+            }
+        })
+    }
 }
 
 pub struct InternalCall {
@@ -42,15 +60,7 @@ impl InternalCall {
         transport: &Bound<'_, StreamTransport>,
         connection_made: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let py = event_loop.py();
-        let core = event_loop.get();
-        if core.debug_enabled() {
-            let args = PyTuple::new(py, [transport])?;
-            LoopCore::schedule_soon(event_loop, connection_made, args, None)?;
-            return Ok(());
-        }
-        core.check_closed()?;
-        Self::push(event_loop, transport, Call::ConnectionMade { connection_made: connection_made.unbind() })
+        Self::schedule(event_loop, transport, Call::ConnectionMade { connection_made: connection_made.unbind() })
     }
 
     /// Schedules `transport._call_connection_lost(exc)` as the transport's
@@ -60,15 +70,18 @@ impl InternalCall {
         transport: &Bound<'_, StreamTransport>,
         exc: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let py = event_loop.py();
+        Self::schedule(event_loop, transport, Call::ConnectionLost { exc: exc.unbind() })
+    }
+
+    fn schedule(event_loop: &Bound<'_, LoopCore>, transport: &Bound<'_, StreamTransport>, call: Call) -> PyResult<()> {
         let core = event_loop.get();
         if core.debug_enabled() {
-            let callback = transport.getattr(intern!(py, "_call_connection_lost"))?;
-            event_loop.call_method1(intern!(py, "call_soon"), (callback, exc))?;
+            let (callback, args) = call.callback_and_args(transport)?;
+            LoopCore::schedule_soon(event_loop, callback, args, None)?;
             return Ok(());
         }
         core.check_closed()?;
-        Self::push(event_loop, transport, Call::ConnectionLost { exc: exc.unbind() })
+        Self::push(event_loop, transport, call)
     }
 
     fn push(event_loop: &Bound<'_, LoopCore>, transport: &Bound<'_, StreamTransport>, call: Call) -> PyResult<()> {
@@ -93,7 +106,7 @@ impl InternalCall {
             }
             Call::ConnectionLost { exc } => {
                 let transport = self.transport.bind(py);
-                crate::event_loop::handles::in_context(py, context, || {
+                in_context(py, context, || {
                     StreamTransport::call_connection_lost(transport, exc.bind(py).clone())
                 })
                 .and_then(|outcome| outcome)
@@ -107,14 +120,7 @@ impl InternalCall {
     /// The `Handle` asyncio would have had for this call.
     pub(crate) fn as_handle<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Handle>> {
         let transport = self.transport.bind(py);
-        let (callback, args) = match &self.call {
-            Call::ConnectionMade { connection_made } => {
-                (connection_made.bind(py).clone(), PyTuple::new(py, [transport.as_any()])?)
-            }
-            Call::ConnectionLost { exc } => {
-                (transport.getattr(intern!(py, "_call_connection_lost"))?, PyTuple::new(py, [exc.bind(py)])?)
-            }
-        };
+        let (callback, args) = self.call.callback_and_args(transport)?;
         let loop_obj = transport.get().loop_obj(py).clone().unbind();
         let core = HandleCore::new(callback.unbind(), args.unbind(), self.context.clone_ref(py), loop_obj, None);
         Bound::new(py, Handle { core })

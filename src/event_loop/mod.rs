@@ -975,23 +975,9 @@ pub fn report_callback_error(
     if is_fatal(py, &err) {
         return Err(err);
     }
-    let source = match (core.callback(py), core.args(py)) {
-        (Some(callback), Some(args)) => {
-            let refs = pyrefs::get(py)?;
-            let format = refs.format_callback_source.bind(py);
-            let source = if refs.format_callback_takes_debug {
-                // 3.13+: the arguments are shown in debug mode only, as
-                // Handle._run asks with the loop's get_debug().
-                let debug = core.loop_obj().bind(py).call_method0(intern!(py, "get_debug"))?;
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(intern!(py, "debug"), debug)?;
-                format.call((callback, args), Some(&kwargs))?
-            } else {
-                format.call1((callback, args))?
-            };
-            source.str()?.to_string()
-        }
-        _ => handle_obj.repr()?.to_string(),
+    let source = match core.callback_source(py)? {
+        Some(source) => source,
+        None => handle_obj.repr()?.to_string(),
     };
     let context = PyDict::new(py);
     context.set_item(intern!(py, "message"), format!("Exception in callback {source}"))?;
