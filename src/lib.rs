@@ -9,6 +9,7 @@ mod server;
 mod sock_calls;
 mod support;
 mod time;
+mod tls;
 mod transports;
 
 use pyo3::prelude::*;
@@ -25,6 +26,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::pipe::ReadPipeTransport>()?;
     m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_class::<sock_calls::SockCall>()?;
+    m.add_class::<tls::protocol::SslProtocol>()?;
+    m.add_class::<tls::app_transport::TlsTransport>()?;
     m.add_class::<server::listener::Listener>()?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::make_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transports::stream_setup::transport_extra, m)?)?;

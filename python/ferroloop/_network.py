@@ -173,6 +173,76 @@ def _unix_path_target_by_keyword(path: Any = None, *args: Any, **options: Any) -
     return _unix_path_target((path,))
 
 
+_TLS_OPTION_NAMES = frozenset(("ssl", "server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout"))
+
+# What a direct TLS connect adds to its target: ssl, server_hostname and the
+# two timeouts.
+_TLSOptions = tuple[Any, Any, Any, Any]
+
+
+def _tls_target(
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+    positional_target: Callable[[tuple[Any, ...]], _DirectTarget],
+    keyword_target: Callable[..., _DirectTarget],
+) -> Optional[tuple[tuple[int, Any, int, Optional[tuple[Any, Any]]], _TLSOptions]]:
+    """A call with ``ssl=`` (and perhaps the other TLS options) that would
+    take the direct path without them: its target and TLS options. None when
+    asyncio's code must decide, which includes every call asyncio rejects
+    (a Unix connect with no server_hostname)."""
+    if not options.get("ssl") or make_ssl_transport is None:
+        return None
+    if options.keys() <= _TLS_OPTION_NAMES:
+        target = positional_target(args)
+    else:
+        target = keyword_target(*args, **{name: options[name] for name in options.keys() - _TLS_OPTION_NAMES})
+    if target is None:
+        return None
+    server_hostname = options.get("server_hostname")
+    if server_hostname is None:
+        logged_as = target[3]
+        if logged_as is None:
+            return None
+        # asyncio's default for a TCP connect: the host connected to.
+        server_hostname = logged_as[0]
+    tls = (options["ssl"], server_hostname, options.get("ssl_handshake_timeout"), options.get("ssl_shutdown_timeout"))
+    return target, tls
+
+
+async def _connect_tls(
+    loop: Any,
+    protocol_factory: Any,
+    target: tuple[int, Any, int, Optional[tuple[Any, Any]]],
+    tls: _TLSOptions,
+) -> Any:
+    """asyncio's create_connection with ``ssl=`` for one numeric address (or
+    a Unix path): one socket, the native connect, then what its
+    ``_create_connection_transport`` does for TLS."""
+    family, address, proto, logged_as = target
+    ssl, server_hostname, handshake_timeout, shutdown_timeout = tls
+    sock = nonblocking_socket(family, socket.SOCK_STREAM, proto)
+    try:
+        await loop._sock_connect_resolved(sock, address, family)
+        protocol = protocol_factory()
+        waiter = loop.create_future()
+        transport = loop._make_ssl_transport(
+            sock, protocol, None if isinstance(ssl, bool) else ssl, waiter,
+            server_side=False, server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    if logged_as is not None and loop._debug:
+        logger.debug("%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), *logged_as, transport, protocol)
+    return transport, protocol
+
+
 def _with_direct_path(
     asyncio_method: Any,
     positional_target: Callable[[tuple[Any, ...]], _DirectTarget],
@@ -181,15 +251,17 @@ def _with_direct_path(
     """``asyncio_method``, except that a call the targets accept (by its
     positional arguments alone, or with keywords) is carried out here: the
     connect natively, the transport set up as asyncio's
-    ``_create_connection_transport`` does without TLS, in one coroutine
-    frame. Bad arguments never take this path, so they get asyncio's own
-    errors."""
+    ``_create_connection_transport`` does, in one coroutine frame. Bad
+    arguments never take this path, so they get asyncio's own errors."""
 
     @functools.wraps(asyncio_method)
     async def connect(self: Any, protocol_factory: Any, *args: Any, **options: Any) -> Any:
         target = keyword_target(*args, **options) if options else positional_target(args)
         if target is None:
-            return await asyncio_method(self, protocol_factory, *args, **options)
+            tls = _tls_target(args, options, positional_target, keyword_target) if options else None
+            if tls is None:
+                return await asyncio_method(self, protocol_factory, *args, **options)
+            return await _connect_tls(self, protocol_factory, *tls)
         family, address, proto, logged_as = target
         sock = nonblocking_socket(family, socket.SOCK_STREAM, proto)
         # Closes the socket (or the transport) itself if the connect fails

@@ -1,8 +1,10 @@
-"""TLS: asyncio's SSLProtocol over the native stream transport.
+"""TLS: the set-up around ferroloop's native SSLProtocol.
 
 From 3.11 on, asyncio's ``SSLProtocol`` is a buffered protocol driving an
-``ssl.SSLObject`` through memory BIOs; ferroloop runs it over its native
-stream transport and mends three places where it loses data or hangs:
+``ssl.SSLObject`` through memory BIOs. ferroloop's is the same design in
+Rust (``ferroloop._native.SSLProtocol`` and the ``SSLProtocolTransport`` it gives the
+application), with asyncio's states, flow control, errors and messages,
+and three mends where asyncio's loses data or hangs:
 
 * After ``close()`` no more data reaches the protocol, as the transport API
   promises ("no more data will be received"). asyncio still passes on data
@@ -17,15 +19,15 @@ stream transport and mends three places where it loses data or hangs:
   the protocol, instead of having it arrive while the caller still writes
   to the plain transport.
 
-On 3.10, whose SSLProtocol is the older design, asyncio's TLS set-up is used
-unchanged.
+This module holds what stays Python: making the protocol and its stream
+transport, a TLS server's accept, and ``start_tls``. On 3.10, whose
+SSLProtocol is the older design, asyncio's TLS set-up is used unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-import threading
 from asyncio import base_events, constants, exceptions, sslproto
 from typing import Any, Optional
 
@@ -39,101 +41,27 @@ except ImportError:  # an interpreter built without OpenSSL
 _TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
 
 if sys.version_info >= (3, 11) and ssl is not None:
-    _State = sslproto.SSLProtocolState
-    _per_thread = threading.local()
-    # typeshed declares the public surface only; the overrides below are of
-    # the private methods of the class as each of 3.11-3.14 defines it.
+    from ._native import SSLProtocol
+
+    # typeshed declares the public surface only.
     _AsyncioSSLProtocol: Any = sslproto.SSLProtocol
+    _AsyncioSSLTransport: Any = sslproto._SSLProtocolTransport
 
-    def _shared_read_buffer() -> memoryview:
-        """The buffer the transport reads encrypted bytes into, one per
-        thread. asyncio zero-fills 256 KiB per connection for it (fresh
-        pages from the kernel, each faulted in). Sharing is sound because
-        the transport hands what it read to buffer_updated() at once, which
-        copies it into the connection's incoming BIO before anything else
-        runs; and one thread runs one loop at a time."""
-        try:
-            view: memoryview = _per_thread.read_buffer
-        except AttributeError:
-            view = _per_thread.read_buffer = memoryview(bytearray(sslproto.SSLProtocol.max_size))
-        return view
+    class SSLProtocolClass(_AsyncioSSLProtocol):
+        """What a native ``SSLProtocol`` reports as its ``__class__``, so that
+        ``isinstance`` checks against asyncio's ``SSLProtocol`` (and
+        ``BufferedProtocol``) hold. Never instantiated."""
 
-    class SSLProtocol(_AsyncioSSLProtocol):
-        _shutting_down = False
-        _first_read_pending = False
+        def __new__(cls, *args: Any, **kwargs: Any) -> "SSLProtocolClass":
+            raise TypeError("SSLProtocolClass only describes ferroloop's SSLProtocol; it is not instantiated")
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            # asyncio's __init__ allocates its read buffer of max_size bytes;
-            # an instance value of 0 makes that empty (get_buffer below
-            # lends the shared one), and asyncio's reads of max_size see
-            # the class value again afterwards.
-            self.max_size = 0
-            try:
-                super().__init__(*args, **kwargs)
-            finally:
-                del self.max_size
+    class SSLProtocolTransportClass(_AsyncioSSLTransport):
+        """What a native ``SSLProtocolTransport`` reports as its ``__class__``, so that
+        ``isinstance(transport, asyncio.Transport)`` holds, as for asyncio's
+        ``_SSLProtocolTransport``. Never instantiated."""
 
-        def get_buffer(self, n: int) -> memoryview:
-            # buffer_updated() (asyncio's) reads from _ssl_buffer_view.
-            self._ssl_buffer_view = view = _shared_read_buffer()
-            return view
-
-        def _on_handshake_complete(self, handshake_exc: Optional[BaseException]) -> None:
-            self._first_read_pending = True
-            try:
-                super()._on_handshake_complete(handshake_exc)
-            finally:
-                self._first_read_pending = False
-            if self._state is _State.WRAPPED:
-                # The handshake's last flight (a client's Finished) goes out
-                # now; only the reading waits for the waiter's callbacks.
-                self._process_outgoing()
-                self._loop.call_soon(self._do_read)
-
-        def _do_read(self) -> None:
-            if self._first_read_pending:
-                return
-            super()._do_read()
-
-        def _start_shutdown(self) -> None:
-            self._shutting_down = True
-            super()._start_shutdown()
-
-        def _do_flush(self) -> None:
-            if not self._shutting_down:
-                # EOF from the peer while reading was paused: what it sent
-                # before the EOF is still the protocol's to read.
-                super()._do_flush()
-                return
-            # Closing: what the protocol wrote still goes out, but nothing
-            # more is read for it.
-            try:
-                self._do_write()
-            except Exception as exc:
-                self._fatal_error(exc, "Fatal error on SSL protocol")
-                return
-            self._set_state(_State.SHUTDOWN)
-            self._do_shutdown()
-
-        def _do_shutdown(self) -> None:
-            if not self._eof_received:
-                try:
-                    self._discard_application_data()
-                except ssl.SSLError as exc:
-                    self._on_shutdown_complete(exc)
-                    return
-            super()._do_shutdown()
-
-        def _discard_application_data(self) -> None:
-            """Read what the peer sent before its close_notify, and drop it:
-            unwrap() fails on application data it finds in the way."""
-            try:
-                while self._sslobj.read(self.max_size):
-                    pass
-            except sslproto.SSLAgainErrors:
-                pass
-            except ssl.SSLZeroReturnError:
-                pass  # the close_notify, once our own has been sent
+        def __new__(cls, *args: Any, **kwargs: Any) -> "SSLProtocolTransportClass":
+            raise TypeError("SSLProtocolTransportClass only describes ferroloop's SSLProtocolTransport; it is not instantiated")
 
     def make_ssl_transport(
         loop: Any,

@@ -51,6 +51,15 @@ mod unwinding {
         // SAFETY: as in `object_call`.
         std::hint::black_box(unsafe { std::mem::transmute::<PlainVectorcall, Vectorcall>(plain) })
     }
+
+    pub type VectorcallMethod = unsafe extern "C-unwind" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject;
+    type PlainVectorcallMethod = unsafe extern "C" fn(*mut PyObject, *const *mut PyObject, usize, *mut PyObject) -> *mut PyObject;
+
+    pub fn vectorcall_method() -> VectorcallMethod {
+        let plain: PlainVectorcallMethod = ffi::PyObject_VectorcallMethod;
+        // SAFETY: as in `object_call`.
+        std::hint::black_box(unsafe { std::mem::transmute::<PlainVectorcallMethod, VectorcallMethod>(plain) })
+    }
 }
 
 /// Blocks the thread for good when dropped, which only happens if the call
@@ -92,6 +101,33 @@ pub unsafe fn vectorcall(callable: *mut ffi::PyObject, args: *const *mut ffi::Py
     let guard = HangIfUnwound;
     // SAFETY: the caller upholds the vectorcall contract.
     let result = unsafe { unwinding::vectorcall()(callable, args, nargsf, std::ptr::null_mut()) };
+    std::mem::forget(guard);
+    result
+}
+
+/// `obj.name(*args)` without a bound method or an argument tuple
+/// (`PyObject_VectorcallMethod`), guarded: for the calls made per
+/// connection or per read.
+pub fn call_method_args<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>, args: &[&Bound<'py, PyAny>]) -> PyResult<Bound<'py, PyAny>> {
+    const MOST: usize = 4;
+    let py = obj.py();
+    if args.len() >= MOST {
+        let rest = PyTuple::new(py, args)?;
+        return call_method(obj, name, rest);
+    }
+    let mut vector = [std::ptr::null_mut(); MOST];
+    vector[0] = obj.as_ptr();
+    for (slot, arg) in vector[1..].iter_mut().zip(args) {
+        *slot = arg.as_ptr();
+    }
+    let guard = HangIfUnwound;
+    // SAFETY: the GIL is held (`py`); `vector` holds the receiver and then
+    // `args.len()` live objects, borrowed for the call; a non-null result is
+    // a new reference, owned from here on.
+    let result = unsafe {
+        let result = unwinding::vectorcall_method()(name.as_ptr(), vector.as_ptr(), 1 + args.len(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, result)
+    };
     std::mem::forget(guard);
     result
 }
