@@ -450,8 +450,11 @@ class Listener:
     """The native accept loop of a TCP or Unix server: each readiness of the
     listening socket accepts up to ``backlog`` connections, each made into
     a ``StreamTransport`` with a protocol from ``protocol_factory``, in a
-    copy of the context at creation. With ``wrap``, a TLS server's:
-    ``wrap(conn, protocol, extra)`` makes each connection's transport."""
+    copy of the context at creation. With ``tls``, a TLS server's
+    ``(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout,
+    handshake_done)``: each connection gets an ``SSLProtocol`` over its
+    stream transport, and ``handshake_done(loop, protocol, transport,
+    waiter)`` is called when its handshake ends."""
 
     def __init__(
         self,
@@ -460,7 +463,7 @@ class Listener:
         protocol_factory: Callable[[], Any],
         server: Any,
         backlog: int,
-        wrap: Optional[Callable[[socket.socket, Any, dict[str, Any]], Any]] = None,
+        tls: Optional[tuple[Any, ...]] = None,
     ) -> None: ...
     def start(self) -> None:
         """Start accepting (joins the loop's poller)."""

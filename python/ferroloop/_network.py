@@ -40,7 +40,7 @@ from ._native import (
 )
 from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
-from ._tls import accept_tls, make_ssl_transport
+from ._tls import SSLProtocol, handshake_done, make_ssl_transport
 from ._tls import start_tls as _start_tls
 
 if TYPE_CHECKING:
@@ -209,6 +209,24 @@ def _tls_target(
     return target, tls
 
 
+def _tls_protocol(
+    loop: Any,
+    protocol_factory: Any,
+    made: list[Any],
+    waiter: Any,
+    tls: _TLSOptions,
+) -> Any:
+    """The TLS protocol of a direct connect, made once connected, with the
+    application's protocol (kept in ``made`` for the caller) inside."""
+    ssl, server_hostname, handshake_timeout, shutdown_timeout = tls
+    protocol = protocol_factory()
+    made.append(protocol)
+    return SSLProtocol(
+        loop, protocol, None if isinstance(ssl, bool) else ssl, waiter, False, server_hostname,
+        ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout,
+    )
+
+
 async def _connect_tls(
     loop: Any,
     protocol_factory: Any,
@@ -216,28 +234,22 @@ async def _connect_tls(
     tls: _TLSOptions,
 ) -> Any:
     """asyncio's create_connection with ``ssl=`` for one numeric address (or
-    a Unix path): one socket, the native connect, then what its
-    ``_create_connection_transport`` does for TLS."""
+    a Unix path): one socket, connected natively, its stream transport
+    carrying the TLS protocol, then the wait for the handshake that
+    asyncio's ``_create_connection_transport`` does."""
     family, address, proto, logged_as = target
-    ssl, server_hostname, handshake_timeout, shutdown_timeout = tls
+    waiter = loop.create_future()
+    made: list[Any] = []
+    factory = functools.partial(_tls_protocol, loop, protocol_factory, made, waiter, tls)
     sock = nonblocking_socket(family, socket.SOCK_STREAM, proto)
-    try:
-        await loop._sock_connect_resolved(sock, address, family)
-        protocol = protocol_factory()
-        waiter = loop.create_future()
-        transport = loop._make_ssl_transport(
-            sock, protocol, None if isinstance(ssl, bool) else ssl, waiter,
-            server_side=False, server_hostname=server_hostname,
-            ssl_handshake_timeout=handshake_timeout, ssl_shutdown_timeout=shutdown_timeout,
-        )
-    except BaseException:
-        sock.close()
-        raise
+    _, ssl_protocol = await loop._connect_stream(sock, address, family, factory)
+    transport = ssl_protocol._app_transport
     try:
         await waiter
     except BaseException:
         transport.close()
         raise
+    protocol = made[0]
     if logged_as is not None and loop._debug:
         logger.debug("%r connected to %s:%r: (%r, %r)", transport.get_extra_info("socket"), *logged_as, transport, protocol)
     return transport, protocol
@@ -406,14 +418,14 @@ class NetworkMethods:
         backlog: int = 100,
         *args: Any,
     ) -> None:
-        if sock.family not in _NATIVE_ACCEPT_FAMILIES or (sslcontext and accept_tls is None):
+        if sock.family not in _NATIVE_ACCEPT_FAMILIES or (sslcontext and handshake_done is None):
             self._start_serving_by_callback(protocol_factory, sock, sslcontext, server, backlog, *args)
             return
-        wrap: Optional[Callable[..., Any]] = None
-        if sslcontext and accept_tls is not None:
+        tls: Optional[tuple[Any, ...]] = None
+        if sslcontext:
             # args: the server's TLS handshake and shutdown timeouts.
-            wrap = functools.partial(accept_tls, self, sslcontext, server, *args)
-        listener = Listener(self, sock, protocol_factory, server, backlog, wrap)  # type: ignore[arg-type]  # a Loop is a LoopCore
+            tls = (sslcontext, *args, handshake_done)
+        listener = Listener(self, sock, protocol_factory, server, backlog, tls)  # type: ignore[arg-type]  # a Loop is a LoopCore
         self._listeners[sock.fileno()] = listener
         listener.start()
 

@@ -86,28 +86,9 @@ if sys.version_info >= (3, 11) and ssl is not None:
         loop._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
-    def accept_tls(
-        loop: Any,
-        sslcontext: Any,
-        server: Any,
-        ssl_handshake_timeout: Optional[float],
-        ssl_shutdown_timeout: Optional[float],
-        conn: Any,
-        protocol: Any,
-        extra: dict[str, Any],
-    ) -> Any:
-        """A TLS server's accepted connection (the native accept loop's
-        ``wrap``): what asyncio's ``_accept_connection2`` does, with a
-        callback on the handshake where asyncio has a task wait for it."""
-        waiter = loop.create_future()
-        transport = loop._make_ssl_transport(
-            conn, protocol, sslcontext, waiter=waiter, server_side=True, extra=extra, server=server,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-        )
-        waiter.add_done_callback(functools.partial(_handshake_done, loop, protocol, transport))
-        return transport
-
-    def _handshake_done(loop: Any, protocol: Any, transport: Any, waiter: Any) -> None:
+    def handshake_done(loop: Any, protocol: Any, transport: Any, waiter: Any) -> None:
+        """A TLS server's accepted connection, once its handshake ended (the
+        native accept loop's callback on the waiter)."""
         exc = exceptions.CancelledError() if waiter.cancelled() else waiter.exception()
         if exc is None:
             return
@@ -162,6 +143,7 @@ if sys.version_info >= (3, 11) and ssl is not None:
         return ssl_protocol._app_transport
 
 else:
+    SSLProtocol = None  # type: ignore[assignment,misc]
     make_ssl_transport = None  # type: ignore[assignment]
-    accept_tls = None  # type: ignore[assignment]
+    handshake_done = None  # type: ignore[assignment]
     start_tls = base_events.BaseEventLoop.start_tls  # type: ignore[assignment]

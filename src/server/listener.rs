@@ -4,8 +4,8 @@
 //! stream transport's). Each readiness accepts up to `backlog` connections;
 //! for each, the protocol factory runs and the native stream transport is
 //! made right there, with no Python handle, task or coroutine per
-//! connection (a TLS server's `wrap` puts asyncio's SSLProtocol between
-//! them and watches the handshake). As in asyncio, each connection runs in
+//! connection (for a TLS server, with the native SSLProtocol between them
+//! and a callback on the handshake). As in asyncio, each connection runs in
 //! its own copy of the context captured when serving started, and
 //! `connection_made` and the first read are scheduled callbacks of the loop.
 //!
@@ -27,6 +27,7 @@ use crate::event_loop::handles::{in_context, Scheduled};
 use crate::event_loop::{copy_current_context, is_fatal, LoopCore};
 use crate::support::sync::lock;
 use crate::support::thread_exit;
+use crate::tls::protocol::SslProtocol;
 use crate::transports::stream_setup::{make_stream_transport, wants_nodelay, Known};
 use crate::transports::sockaddr::{self, RawAddr};
 use crate::transports::socket_object;
@@ -37,6 +38,7 @@ struct Refs {
     transport_socket: Py<PyAny>,
     logger: Py<PyAny>,
     accept_retry_delay: Py<PyAny>,
+    partial: Py<PyAny>,
 }
 
 static REFS: PyOnceLock<Refs> = PyOnceLock::new();
@@ -47,8 +49,18 @@ fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
             transport_socket: py.import("asyncio.trsock")?.getattr("TransportSocket")?.unbind(),
             logger: py.import("logging")?.call_method1("getLogger", ("asyncio",))?.unbind(),
             accept_retry_delay: py.import("asyncio.constants")?.getattr("ACCEPT_RETRY_DELAY")?.unbind(),
+            partial: py.import("functools")?.getattr("partial")?.unbind(),
         })
     })
+}
+
+struct TlsAccept {
+    sslcontext: Py<PyAny>,
+    handshake_timeout: Py<PyAny>,
+    shutdown_timeout: Py<PyAny>,
+    /// `ferroloop._tls.handshake_done(loop, protocol, transport, waiter)`:
+    /// what asyncio's `_accept_connection2` does when the handshake fails.
+    handshake_done: Py<PyAny>,
 }
 
 struct State {
@@ -65,9 +77,9 @@ pub struct Listener {
     fd: RawFd,
     event_loop: Py<LoopCore>,
     protocol_factory: Py<PyAny>,
-    /// For a TLS server, `wrap(conn, protocol, extra)` makes the connection's
-    /// transport (ferroloop._tls.accept_tls); None for a plain one.
-    wrap: Option<Py<PyAny>>,
+    /// A TLS server's context and handshake and shutdown timeouts; None for
+    /// a plain one.
+    tls: Option<TlsAccept>,
     server: Py<PyAny>,
     backlog: usize,
     /// Copied at each connection, as asyncio's accept callback runs each
@@ -242,15 +254,34 @@ impl Listener {
         let protocol = thread_exit::call(this.protocol_factory.bind(py), ())?;
         *protocol_out = Some(protocol.clone());
         let extra = PyDict::new(py);
-        if let Some(wrap) = &this.wrap {
-            extra.set_item(intern!(py, "peername"), sockaddr::to_object(py, peer)?)?;
-            *transport_out = Some(thread_exit::call(wrap.bind(py), (conn, &protocol, extra))?);
-            return Ok(());
-        }
         let server = this.server.bind(py);
         // The peer is the address accept gave, as asyncio's `peername`.
         let known = Known { fd, tcp: this.nodelay, peer: Some(*peer), local: this.local_name };
         let event_loop = this.event_loop.bind(py);
+        if let Some(tls) = &this.tls {
+            // What asyncio's `_accept_connection2` does for TLS, with a
+            // callback on the handshake where asyncio has a task wait for it.
+            let waiter = event_loop.get().new_future(event_loop)?;
+            let ssl_protocol = SslProtocol::new(
+                py,
+                event_loop.clone().into_any(),
+                protocol.clone(),
+                tls.sslcontext.bind(py).clone(),
+                waiter.clone(),
+                true,
+                None,
+                true,
+                Some(tls.handshake_timeout.bind(py).clone()).filter(|t| !t.is_none()),
+                Some(tls.shutdown_timeout.bind(py).clone()).filter(|t| !t.is_none()),
+            )?;
+            let ssl_protocol = Bound::new(py, ssl_protocol)?;
+            make_stream_transport(event_loop, conn, ssl_protocol.as_any(), None, extra, Some(server), None, Some(known))?;
+            let transport = SslProtocol::app_transport(&ssl_protocol)?.into_bound(py).into_any();
+            let done = refs(py)?.partial.bind(py).call1((tls.handshake_done.bind(py), event_loop, &protocol, &transport))?;
+            waiter.call_method1(intern!(py, "add_done_callback"), (done,))?;
+            *transport_out = Some(transport);
+            return Ok(());
+        }
         let transport =
             make_stream_transport(event_loop, conn, &protocol, None, extra, Some(server), Some(context), Some(known))?;
         *transport_out = Some(transport.into_any());
@@ -261,14 +292,16 @@ impl Listener {
 #[pymethods]
 impl Listener {
     #[new]
-    #[pyo3(signature = (event_loop, sock, protocol_factory, server, backlog, wrap=None))]
+    /// `tls`: a TLS server's `(sslcontext, ssl_handshake_timeout,
+    /// ssl_shutdown_timeout, handshake_done)`.
+    #[pyo3(signature = (event_loop, sock, protocol_factory, server, backlog, tls=None))]
     fn new(
         event_loop: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol_factory: &Bound<'_, PyAny>,
         server: &Bound<'_, PyAny>,
         backlog: usize,
-        wrap: Option<&Bound<'_, PyAny>>,
+        tls: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     ) -> PyResult<Self> {
         let py = sock.py();
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
@@ -283,7 +316,12 @@ impl Listener {
             fd,
             event_loop: event_loop.cast::<LoopCore>()?.clone().unbind(),
             protocol_factory: protocol_factory.clone().unbind(),
-            wrap: wrap.filter(|w| !w.is_none()).map(|w| w.clone().unbind()),
+            tls: tls.map(|(sslcontext, handshake_timeout, shutdown_timeout, handshake_done)| TlsAccept {
+                sslcontext: sslcontext.unbind(),
+                handshake_timeout: handshake_timeout.unbind(),
+                shutdown_timeout: shutdown_timeout.unbind(),
+                handshake_done: handshake_done.unbind(),
+            }),
             server: server.clone().unbind(),
             // asyncio accepts at least one per readiness whatever it is given.
             backlog: backlog.max(1),
@@ -353,8 +391,11 @@ impl Listener {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         visit.call(&self.protocol_factory)?;
-        if let Some(wrap) = &self.wrap {
-            visit.call(wrap)?;
+        if let Some(tls) = &self.tls {
+            visit.call(&tls.sslcontext)?;
+            visit.call(&tls.handshake_timeout)?;
+            visit.call(&tls.shutdown_timeout)?;
+            visit.call(&tls.handshake_done)?;
         }
         visit.call(&self.server)?;
         visit.call(&self.context)?;

@@ -316,7 +316,7 @@ impl SslProtocol {
     }
 
     /// asyncio's `_get_app_transport`: made once, on first need.
-    pub(super) fn app_transport(slf: &Bound<'_, Self>) -> PyResult<Py<TlsTransport>> {
+    pub(crate) fn app_transport(slf: &Bound<'_, Self>) -> PyResult<Py<TlsTransport>> {
         let py = slf.py();
         let this = slf.get();
         let mut st = this.st();
@@ -980,7 +980,7 @@ impl SslProtocol {
     #[new]
     #[pyo3(signature = (event_loop, app_protocol, sslcontext, waiter, server_side=false, server_hostname=None, call_connection_made=true, ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         py: Python<'_>,
         event_loop: Bound<'_, PyAny>,
         app_protocol: Bound<'_, PyAny>,
