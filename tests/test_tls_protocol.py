@@ -474,3 +474,39 @@ def test_cancelling_a_tls_connect_mid_handshake_closes_it() -> None:
 
     records = on_both(scenario)
     assert records["ferroloop"] == records["asyncio"] == ("cancelled", 0)
+
+
+def test_custom_sslobject_class_and_bad_ssl_argument() -> None:
+    """A context whose sslobject_class is the program's own still makes
+    that class's objects (and its methods are the ones called); an ssl=
+    that is no context fails with asyncio's error."""
+
+    class CountingSSLObject(ssl.SSLObject):
+        handshakes = 0
+
+        def do_handshake(self) -> None:
+            CountingSSLObject.handshakes += 1
+            super().do_handshake()
+
+    async def scenario() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=server_context())
+        address = server.sockets[0].getsockname()
+        context = client_context()
+        context.sslobject_class = CountingSSLObject
+        CountingSSLObject.handshakes = 0
+        tr, proto = await loop.create_connection(Sink, *address, ssl=context, server_hostname="localhost")
+        kind = type(tr.get_extra_info("ssl_object")).__name__
+        tr.close()
+        await proto.lost
+        try:
+            await loop.create_connection(Sink, *address, ssl=1, server_hostname="localhost")
+            bad = None
+        except Exception as exc:  # noqa: BLE001  # the record is the exception
+            bad = (type(exc).__name__, str(exc))
+        await close_server(server)
+        return kind, CountingSSLObject.handshakes > 0, bad
+
+    records = on_both(scenario)
+    assert records["ferroloop"] == records["asyncio"]
+    assert records["ferroloop"][:2] == ("CountingSSLObject", True)

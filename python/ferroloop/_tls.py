@@ -143,7 +143,7 @@ if sys.version_info >= (3, 11) and ssl is not None:
         return ssl_protocol._app_transport
 
 else:
-    SSLProtocol = None  # type: ignore[assignment,misc]
+    SSLProtocol: Any = None  # type: ignore[no-redef]
     make_ssl_transport = None  # type: ignore[assignment]
     handshake_done = None  # type: ignore[assignment]
     start_tls = base_events.BaseEventLoop.start_tls  # type: ignore[assignment]

@@ -193,7 +193,10 @@ fn wrap_bio<'py>(
     server_side: bool,
     server_hostname: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let standard = sslcontext.get_type().getattr(intern!(py, "wrap_bio"))?.is(refs.context_wrap_bio.bind(py))
+    // Looked up on the object first, for asyncio's AttributeError when it
+    // is no SSLContext at all.
+    let bound_wrap_bio = sslcontext.getattr(intern!(py, "wrap_bio"))?;
+    let standard = bound_wrap_bio.getattr(intern!(py, "__func__")).is_ok_and(|f| f.is(refs.context_wrap_bio.bind(py)))
         && sslcontext.getattr(intern!(py, "sslobject_class"))?.is(refs.ssl_object.bind(py));
     let plain_hostname = match server_hostname {
         None => Some(None),
@@ -206,7 +209,7 @@ fn wrap_bio<'py>(
     kwargs.set_item(intern!(py, "server_side"), server_side)?;
     let (true, Some(hostname)) = (standard, plain_hostname) else {
         kwargs.set_item(intern!(py, "server_hostname"), server_hostname)?;
-        return sslcontext.getattr(intern!(py, "wrap_bio"))?.call((incoming, outgoing), Some(&kwargs));
+        return bound_wrap_bio.call((incoming, outgoing), Some(&kwargs));
     };
     let ssl_object = refs.ssl_object.bind(py);
     let owner = ssl_object.call_method1(intern!(py, "__new__"), (ssl_object,))?;
