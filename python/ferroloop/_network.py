@@ -42,6 +42,7 @@ from ._pipes import make_read_pipe_transport, make_write_pipe_transport
 from ._process import make_subprocess_transport, policy_child_watcher
 from ._tls import SSLProtocol, handshake_done, make_ssl_transport
 from ._tls import start_tls as _start_tls
+from ._versions import TRANSPORTS_REFUSE_OWNED_SOCKETS
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -102,11 +103,6 @@ def _borrow(owner: type, name: str, doc: Optional[str] = None) -> Any:
     copy.__annotations__ = dict(function.__annotations__)
     copy.__doc__ = doc
     return copy
-
-
-# Since 3.12 asyncio refuses to make a transport on a socket another
-# (open) transport owns, with the RuntimeError of _ensure_fd_no_transport.
-_TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -471,7 +467,7 @@ class NetworkMethods:
         waiter: Any = None,
         extra: Optional[dict[str, Any]] = None,
     ) -> DatagramTransport:
-        if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
+        if TRANSPORTS_REFUSE_OWNED_SOCKETS:
             self._ensure_fd_no_transport(sock)
         connection_made = protocol.connection_made
         transport = DatagramTransport(self, sock, protocol, address, transport_extra(sock, extra))  # type: ignore[arg-type]  # a Loop is a LoopCore

@@ -31,14 +31,12 @@ import sys
 from asyncio import base_events, constants, exceptions, sslproto
 from typing import Any, Optional
 
+from ._versions import TRANSPORTS_REFUSE_OWNED_SOCKETS
+
 try:
     import ssl
 except ImportError:  # an interpreter built without OpenSSL
     ssl = None  # type: ignore[assignment]
-
-# Since 3.12 asyncio refuses to make a transport on a socket another (open)
-# transport owns.
-_TRANSPORTS_REFUSE_OWNED_SOCKETS = sys.version_info >= (3, 12)
 
 if sys.version_info >= (3, 11) and ssl is not None:
     from ._native import SSLProtocol
@@ -77,7 +75,7 @@ if sys.version_info >= (3, 11) and ssl is not None:
         ssl_handshake_timeout: Optional[float] = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: Optional[float] = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> Any:
-        if _TRANSPORTS_REFUSE_OWNED_SOCKETS:
+        if TRANSPORTS_REFUSE_OWNED_SOCKETS:
             loop._ensure_fd_no_transport(rawsock)
         ssl_protocol = SSLProtocol(
             loop, protocol, sslcontext, waiter, server_side, server_hostname,
