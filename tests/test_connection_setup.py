@@ -500,6 +500,9 @@ async def serving_count_and_wait_closed() -> list[Any]:
     while len(server_sides) < 3:
         await asyncio.sleep(0.01)
     seen: list[Any] = [serving()]
+    if hasattr(server, "_clients"):  # 3.13+: the transports themselves, weakly held
+        members = set(map(id, server._clients))  # type: ignore[attr-defined]
+        seen.append(members == set(map(id, server_sides)))
     server.close()
     closed = asyncio.ensure_future(server.wait_closed())
     for _ in range(5):
