@@ -216,7 +216,7 @@ KNOWN: dict[str, str] = {
     "test_tcp.Test_UV_TCPSSL.test_start_tls_client_buf_proto_1":
         "uvloop-only behaviour (HANG or error): the protocol is an "
         "asyncio.BaseProtocol with get_buffer() but no BufferedProtocol base; "
-        "asyncio's SSLProtocol, which ferroloop uses, calls its missing "
+        "ferroloop's SSLProtocol, as asyncio's does, calls its missing "
         "data_received() and aborts; the server thread then calls loop.stop() from "
         "its own thread, which ends the test at once or only at its 60 s timeout, "
         "depending on timing; the test skips itself on asyncio",
