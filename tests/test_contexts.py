@@ -1,5 +1,5 @@
 """Which contextvars.Context each protocol callback runs in, on the native
-stream transports, compared with asyncio: data_received, the buffered
+stream transports (TCP and Unix), compared with asyncio: data_received, the buffered
 protocol's calls and connection_lost after a peer's EOF run in a copy of the
 context the transport was made in (what a callback sets there stays for the
 next one); connection_lost after close() runs in the context close() was
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import sys
 import os
+import shutil
+import sys
+import tempfile
 from typing import Any, Callable
+
+import pytest
 
 import ferroloop
 
@@ -70,15 +74,23 @@ def recording_protocol(
     return BufferedRecorder
 
 
-async def exchange(buffered: bool, client_closes: bool) -> dict[str, Any]:
+async def exchange(buffered: bool, client_closes: bool, family: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     seen: dict[str, Any] = {}
     var.set("server-setup")
     server_protocol = recording_protocol("srv", seen, buffered, server_closes=not client_closes)
-    server = await loop.create_server(lambda: server_protocol(), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    var.set("client-setup")
-    transport, _ = await loop.create_connection(lambda: recording_protocol("cli", seen)(), "127.0.0.1", port)
+    client_protocol = lambda: recording_protocol("cli", seen)()  # noqa: E731
+    if family == "unix":
+        directory = tempfile.mkdtemp(prefix="flctx")
+        path = os.path.join(directory, "s")
+        server = await loop.create_unix_server(lambda: server_protocol(), path)
+        var.set("client-setup")
+        transport, _ = await loop.create_unix_connection(client_protocol, path)
+    else:
+        server = await loop.create_server(lambda: server_protocol(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        var.set("client-setup")
+        transport, _ = await loop.create_connection(client_protocol, "127.0.0.1", port)
     var.set("after")
     for _ in range(2):
         transport.write(b"ping")
@@ -90,15 +102,18 @@ async def exchange(buffered: bool, client_closes: bool) -> dict[str, Any]:
     seen["main"] = var.get()
     server.close()
     await server.wait_closed()
+    if family == "unix":
+        shutil.rmtree(directory, ignore_errors=True)
     return seen
 
 
-def on_both(buffered: bool, client_closes: bool) -> dict[str, Any]:
-    return {name: run_with_loop(factory, exchange(buffered, client_closes)) for name, factory in LOOPS.items()}
+def on_both(buffered: bool, client_closes: bool, family: str = "tcp") -> dict[str, Any]:
+    return {name: run_with_loop(factory, exchange(buffered, client_closes, family)) for name, factory in LOOPS.items()}
 
 
-def test_protocol_callbacks_run_in_the_transports_context() -> None:
-    results = on_both(buffered=False, client_closes=False)
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_protocol_callbacks_run_in_the_transports_context(family: str) -> None:
+    results = on_both(buffered=False, client_closes=False, family=family)
     assert results["ferroloop"] == results["asyncio"]
     seen = results["asyncio"]
     assert seen["srv.data"] == ["server-setup", "srv-set-in-callback"]
@@ -108,14 +123,16 @@ def test_protocol_callbacks_run_in_the_transports_context() -> None:
     assert seen["main"] == "after"
 
 
-def test_buffered_protocol_callbacks_run_in_the_transports_context() -> None:
-    results = on_both(buffered=True, client_closes=False)
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_buffered_protocol_callbacks_run_in_the_transports_context(family: str) -> None:
+    results = on_both(buffered=True, client_closes=False, family=family)
     assert results["ferroloop"] == results["asyncio"]
     assert results["asyncio"]["srv.get_buffer"] == "server-setup"
 
 
-def test_connection_lost_after_close_runs_in_the_context_close_was_called_in() -> None:
-    results = on_both(buffered=False, client_closes=True)
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_connection_lost_after_close_runs_in_the_context_close_was_called_in(family: str) -> None:
+    results = on_both(buffered=False, client_closes=True, family=family)
     assert results["ferroloop"] == results["asyncio"]
     assert results["asyncio"]["cli.lost"] == "closing"
 
